@@ -1,0 +1,58 @@
+"""LightGCN (He et al., SIGIR 2020): collaborative filtering by parameter-free propagation.
+
+    E^{(0)} = [E_users; E_items]                        (the only parameters)
+    E^{(l+1)} = A_hat E^{(l)}                           (A_hat: normalized adjacency)
+    E = sum_{l=0..L} alpha_l E^{(l)},  alpha_l = 1/(L+1)
+    score(u, i) = <e_u, e_i>
+
+trained with BPR, -log sigmoid(score(u, i+) - score(u, i-)), plus an L2 penalty on the
+layer-0 embeddings of the batch, as in the paper and RecBole.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import nn
+
+from grec_dagster.graph.adjacency import propagate
+
+
+class LightGCNParams(BaseModel):
+    dim: int = Field(default=64, description="Embedding size.")
+    layers: int = Field(default=2, description="Propagation layers.")
+    reg_weight: float = Field(default=1e-4, description="L2 weight on the batch's layer-0 embeddings.")
+
+
+class LightGCN(nn.Module):
+    def __init__(self, n_users: int, n_items: int, params: LightGCNParams, adjacency: torch.Tensor):
+        super().__init__()
+        self.n_users, self.n_items, self.params = n_users, n_items, params
+        self.embedding = nn.Embedding(n_users + n_items, params.dim)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        self.adjacency = adjacency
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item embeddings: the mean of every layer's output."""
+        layer = self.embedding.weight
+        total = layer
+        for _ in range(self.params.layers):
+            layer = propagate(self.adjacency, layer)
+            total = total + layer
+        final = total / (self.params.layers + 1)
+        return final[: self.n_users], final[self.n_users :]
+
+    def bpr_loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        user_emb, item_emb = self.propagate()
+        u, p, n = user_emb[users], item_emb[positives], item_emb[negatives]
+        ranking = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
+        ego = self.embedding.weight
+        l2 = (
+            ego[users].pow(2).sum() + ego[positives + self.n_users].pow(2).sum() + ego[negatives + self.n_users].pow(2).sum()
+        ) / len(users)
+        return ranking + self.params.reg_weight * l2
+
+    @torch.no_grad()
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate()

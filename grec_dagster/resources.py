@@ -1,0 +1,90 @@
+"""Typed Dagster resources: the warehouse, MLflow, the checkpoint store and the data source.
+
+Each is a thin handle over engine code; its fields are what a user sets in GREC_CONFIG or
+in a run's config to point grec somewhere else (another DuckDB file, a remote MLflow server,
+shared storage for checkpoints) without code changes.
+"""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from pydantic import Field
+
+from grec_dagster.data.sources import DataSource, SourceParams, make_source
+from grec_dagster.training.tracking import TrackedRun, tracked_run
+
+LOCK_RETRY_SECONDS = 120.0
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB file holding every table. Connections are short-lived: DuckDB lets one process
+    write at a time, so under the multiprocess executor a step waits for the lock instead of failing."""
+
+    path: str = Field(description="DuckDB database file.")
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + LOCK_RETRY_SECONDS
+        while True:
+            try:
+                con = duckdb.connect(self.path, read_only=read_only and Path(self.path).exists())
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """A small MLflow handle (dagster-mlflow does not fit Dagster 1.13): one run per training asset,
+    tagged with the Dagster run id and asset key."""
+
+    tracking_uri: str = Field(description="sqlite:///... for the embedded store, or http://host:5000.")
+    artifact_location: str | None = Field(default=None, description="Where new experiments keep artifacts.")
+    experiment: str = Field(default="grec", description="Experiment the runs go to.")
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="Base URL of the MLflow UI, for links.")
+
+    @contextmanager
+    def run(self, context: dg.AssetExecutionContext, run_name: str | None = None) -> Iterator[TrackedRun]:
+        asset = context.asset_key.to_user_string()
+        tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset}
+        if context.has_partition_key:
+            tags["dagster.partition_key"] = context.partition_key
+        with tracked_run(
+            self.tracking_uri, self.experiment, run_name or asset, tags, self.artifact_location, self.ui_url
+        ) as tracked:
+            yield tracked
+
+
+class CheckpointStoreResource(dg.ConfigurableResource):
+    """A folder per asset for checkpoints and other artifacts (a shared mount when scaled out)."""
+
+    root: str = Field(description="Folder under which each asset gets its own folder.")
+
+    def folder(self, name: str) -> Path:
+        path = Path(self.root) / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class DataSourceResource(dg.ConfigurableResource, SourceParams):
+    """Which logs to ingest: `movielens-100k`, `synthetic` or `files` (your own CSV/Parquet)."""
+
+    def source(self) -> DataSource:
+        return _source_for(SourceParams.model_validate(self.model_dump()).model_dump_json())
+
+
+@lru_cache(maxsize=1)
+def _source_for(params_json: str) -> DataSource:
+    """One source object per process and config, so the three ingestion assets share one load."""
+    return make_source(SourceParams.model_validate_json(params_json))

@@ -1,0 +1,48 @@
+"""BPR triples (user, positive item, negative item) for pairwise training, vectorized.
+
+Each epoch visits every distinct training pair once in a seeded random order; each positive
+gets one negative drawn uniformly from the items the user has not met in training
+(rejection sampling, redrawn as a batch until no negative collides with a positive).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+MAX_REDRAWS = 20
+
+
+class BPRSampler:
+    def __init__(self, positive_keys: torch.Tensor, n_items: int, batch_size: int):
+        """`positive_keys`: sorted distinct `user * n_items + item` training pairs."""
+        self.keys = positive_keys
+        self.n_items = n_items
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return (len(self.keys) + self.batch_size - 1) // self.batch_size
+
+    def _is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        probe = users * self.n_items + items
+        where = torch.searchsorted(self.keys, probe).clamp(max=len(self.keys) - 1)
+        return self.keys[where] == probe
+
+    def negatives(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        items = torch.randint(self.n_items, users.shape, generator=generator)
+        for _ in range(MAX_REDRAWS):
+            clash = self._is_positive(users, items)
+            if not bool(clash.any()):
+                break
+            items[clash] = torch.randint(self.n_items, (int(clash.sum()),), generator=generator)
+        return items
+
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.keys), generator=generator)
+        users_all = self.keys[order] // self.n_items
+        items_all = self.keys[order] % self.n_items
+        negatives_all = self.negatives(users_all, generator)
+        for start in range(0, len(order), self.batch_size):
+            stop = start + self.batch_size
+            yield users_all[start:stop], items_all[start:stop], negatives_all[start:stop]

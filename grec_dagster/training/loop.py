@@ -1,0 +1,171 @@
+"""One training loop for every model: accelerate, early stopping, resumable checkpoints.
+
+The same code runs on a CPU, on one GPU, or as several DDP processes (`accelerate launch`):
+each process takes every n-th batch of the shared, seeded batch order, and DDP averages the
+gradients. A model's `forward(*batch)` returns its training loss, so DDP sees every step.
+
+After each epoch the full training state (model, optimizer, RNG, counters, history) is
+written atomically to `last.safetensors`; a killed run restarted with the same config resumes
+there and ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from accelerate import Accelerator
+from pydantic import BaseModel, Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from grec_dagster.training.checkpoints import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
+
+
+class TrainParams(BaseModel):
+    epochs: int = Field(default=300, description="Upper bound on epochs.")
+    lr: float = Field(default=1e-3, description="Adam learning rate.")
+    weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
+    batch_size: int = Field(default=2048, description="Training examples per step (over all processes).")
+    patience: int = Field(default=30, description="Evaluations without improvement before stopping.")
+    eval_every: int = Field(default=1, description="Epochs between validations.")
+    seed: int = Field(default=0, description="Seed of initialization and batch order.")
+
+
+class Objective(Protocol):
+    """What a model brings to the loop: its batches and its validation score (higher is better)."""
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]: ...
+
+    def validate(self, model: nn.Module) -> dict[str, float]: ...
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metric: float
+    best_state: dict[str, torch.Tensor]
+    resumed_from_epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    params: TrainParams,
+    *,
+    selection_metric: str = "ndcg@20",
+    checkpoint_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    accelerator: Accelerator | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Train `model` until `selection_metric` stops improving for `patience` evaluations."""
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    generator = torch.Generator().manual_seed(params.seed)
+    state = _LoopState()
+    last_path = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir else None
+    if last_path is not None and last_path.exists():
+        state = _restore(last_path, model, optimizer, generator)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    inner = accelerator.unwrap_model(wrapped)
+
+    epochs = tqdm(range(state.next_epoch, params.epochs), desc=description, disable=None, leave=False)
+    for epoch in epochs:
+        started = time.perf_counter()
+        wrapped.train()
+        total, steps = 0.0, 0
+        shard = itertools.islice(
+            objective.batches(epoch, generator), accelerator.process_index, None, accelerator.num_processes
+        )
+        for batch in shard:
+            loss = wrapped(*(tensor.to(accelerator.device) for tensor in batch))
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+        record = {"epoch": float(epoch), "train_loss": total / max(steps, 1), "seconds": time.perf_counter() - started}
+        if (epoch + 1) % params.eval_every == 0 or epoch + 1 == params.epochs:
+            inner.eval()
+            record |= objective.validate(inner)
+            score = record[selection_metric]
+            if score > state.best_metric:
+                state.best_metric, state.best_epoch, state.bad_evals = score, epoch, 0
+                state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in inner.state_dict().items()})
+            else:
+                state.bad_evals += 1
+        state.history.append(record)
+        state.next_epoch = epoch + 1
+        epochs.set_postfix(loss=f"{record['train_loss']:.4f}", best=f"{state.best_metric:.4f}")
+        if on_epoch is not None and accelerator.is_main_process:
+            on_epoch(record)
+        stop = state.bad_evals >= params.patience
+        if last_path is not None and accelerator.is_main_process:
+            _save(last_path, inner, optimizer, generator, state)
+        if stop:
+            break
+    return TrainResult(
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_metric=state.best_metric,
+        best_state=state.best_state or {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+        resumed_from_epoch=state.resumed_from,
+    )
+
+
+@dataclass
+class _LoopState:
+    next_epoch: int = 0
+    best_metric: float = float("-inf")
+    best_epoch: int = -1
+    bad_evals: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed_from: int | None = None
+
+
+def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: _LoopState) -> None:
+    optimizer_tensors, optimizer_meta = flatten_optimizer(optimizer.state_dict())
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= optimizer_tensors
+    tensors |= {f"best.{k}": v for k, v in (state.best_state or {}).items()}
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {
+        "next_epoch": state.next_epoch,
+        "best_metric": state.best_metric,
+        "best_epoch": state.best_epoch,
+        "bad_evals": state.bad_evals,
+        "history": state.history,
+        "optimizer": optimizer_meta,
+    }
+    save_tensors(path, tensors, meta)
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> _LoopState:
+    tensors, meta = load_tensors(path)
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
+    return _LoopState(
+        next_epoch=meta["next_epoch"],
+        best_metric=meta["best_metric"],
+        best_epoch=meta["best_epoch"],
+        bad_evals=meta["bad_evals"],
+        history=meta["history"],
+        best_state=best or None,
+        resumed_from=meta["next_epoch"],
+    )
