@@ -15,6 +15,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from grec_dagster.data.quality import QualityParams
 from grec_dagster.data.sources import DataSource, SourceParams, make_source
 from grec_dagster.training.tracking import TrackedRun, tracked_run
 
@@ -82,6 +83,14 @@ class DataSourceResource(dg.ConfigurableResource, SourceParams):
 
     def source(self) -> DataSource:
         return _source_for(SourceParams.model_validate(self.model_dump()).model_dump_json())
+
+
+class QualityResource(dg.ConfigurableResource, QualityParams):
+    """The data-quality rules (time window, value range, text length, volume factor): the row rules
+    at ingestion and the blocking checks after it read the same settings, so they cannot disagree."""
+
+    def params(self) -> QualityParams:
+        return QualityParams.model_validate(self.model_dump())
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,8 @@ nothing the user wrote is ever spliced into SQL text.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import duckdb
 import pandas as pd
 
@@ -26,22 +28,24 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
 
 
-def replace_batches(con: duckdb.DuckDBPyConnection, batches: dict[str, IngestedBatch], only_these: bool) -> None:
+def replace_batches(
+    con: duckdb.DuckDBPyConnection, batches: dict[str, IngestedBatch], keep: Collection[str] = ()
+) -> None:
     """Swap the rows of each named batch (accepted and quarantined) in a single transaction.
 
-    With `only_these`, rows of every other batch are removed too, so the tables hold exactly
-    this ingestion (a source switched from MovieLens to synthetic leaves nothing behind).
-    A process killed half-way leaves the previous rows: DuckDB rolls back the open transaction.
+    Rows of the batches named in `keep` stay; rows of every other batch are removed, so the
+    tables hold exactly the source's current batches (a source switched from MovieLens to your
+    files leaves nothing behind). A process killed half-way leaves the previous rows: DuckDB
+    never replays a transaction that did not commit.
     """
     ensure_tables(con)
+    kept = pd.DataFrame({"source": sorted(set(keep) - set(batches))}, dtype="string")
+    con.register("kept_batches", kept)
     try:
         con.execute("BEGIN TRANSACTION")
-        if only_these:
-            con.execute("DELETE FROM interactions")
-            con.execute("DELETE FROM quarantine")
-        for source, batch in batches.items():
-            con.execute("DELETE FROM interactions WHERE source = $source", {"source": source})
-            con.execute("DELETE FROM quarantine WHERE source = $source", {"source": source})
+        for table in ("interactions", "quarantine"):
+            con.execute(f"DELETE FROM {table} WHERE source IS NULL OR source NOT IN (SELECT source FROM kept_batches)")
+        for batch in batches.values():
             con.register("accepted_rows", batch.accepted)
             con.register("quarantined_rows", batch.quarantine)
             con.execute("INSERT INTO interactions SELECT * FROM accepted_rows")
@@ -52,6 +56,8 @@ def replace_batches(con: duckdb.DuckDBPyConnection, batches: dict[str, IngestedB
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    finally:
+        con.unregister("kept_batches")
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
