@@ -1,0 +1,191 @@
+"""Profile generation with the packaged SmolLM2-135M on this machine, measured side by side in one run.
+
+Prints users/s and tokens/s for the batched path against a naive one-user-at-a-time loop on the
+same users, then a full run over `--users` synthetic MovieLens-like histories (the target: 943
+users -- MovieLens-100K -- in under 5 minutes), and the compute limit: the model FLOPs the run
+performed per second against a bf16 matmul measured on the same cores.
+
+    python benchmarks/bench_profiles.py [--users 943] [--events 20] [--batch-size 16] [--compare 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from grec_dagster.llm.backends import ProfileBackend, TransformersBackend, smollm2_config  # noqa: E402
+from grec_dagster.llm.profile_schema import Catalog, HistoryEvent, UserHistory  # noqa: E402
+from grec_dagster.llm.profiles import DEFAULT_MAX_EVENTS, ProfileResult, generate_profiles  # noqa: E402
+
+MOVIES = [
+    ("Toy Story (1995)", "Animation|Children's|Comedy"),
+    ("Aladdin (1992)", "Animation|Children's|Comedy|Musical"),
+    ("Lion King, The (1994)", "Animation|Children's|Musical"),
+    ("Babe (1995)", "Children's|Comedy|Drama"),
+    ("Shining, The (1980)", "Horror"),
+    ("Alien (1979)", "Action|Horror|Sci-Fi|Thriller"),
+    ("Scream (1996)", "Horror|Thriller"),
+    ("Psycho (1960)", "Horror|Thriller"),
+    ("Star Wars (1977)", "Action|Adventure|Romance|Sci-Fi|War"),
+    ("Blade Runner (1982)", "Film-Noir|Sci-Fi"),
+    ("Terminator 2: Judgment Day (1991)", "Action|Sci-Fi|Thriller"),
+    ("Back to the Future (1985)", "Comedy|Sci-Fi"),
+    ("Sleepless in Seattle (1993)", "Comedy|Romance"),
+    ("Pretty Woman (1990)", "Comedy|Romance"),
+    ("Titanic (1997)", "Action|Drama|Romance"),
+    ("Sense and Sensibility (1995)", "Drama|Romance"),
+    ("Godfather, The (1972)", "Action|Crime|Drama"),
+    ("Pulp Fiction (1994)", "Crime|Drama"),
+    ("Fargo (1996)", "Crime|Drama|Thriller"),
+    ("Usual Suspects, The (1995)", "Crime|Thriller"),
+    ("Schindler's List (1993)", "Drama|War"),
+    ("Saving Private Ryan (1998)", "Action|Drama|War"),
+    ("Apocalypse Now (1979)", "Drama|War"),
+    ("Good, The Bad and The Ugly, The (1966)", "Action|Western"),
+    ("Unforgiven (1992)", "Western"),
+    ("Casablanca (1942)", "Drama|Romance|War"),
+    ("Maltese Falcon, The (1941)", "Film-Noir|Mystery"),
+    ("Vertigo (1958)", "Mystery|Thriller"),
+    ("Hoop Dreams (1994)", "Documentary"),
+    ("Crumb (1994)", "Documentary"),
+    ("Singin' in the Rain (1952)", "Musical|Romance"),
+    ("Sound of Music, The (1965)", "Musical"),
+    ("Princess Bride, The (1987)", "Action|Adventure|Comedy|Romance"),
+    ("Monty Python and the Holy Grail (1974)", "Comedy"),
+    ("Groundhog Day (1993)", "Comedy|Romance"),
+    ("Raiders of the Lost Ark (1981)", "Action|Adventure"),
+    ("Fugitive, The (1993)", "Action|Thriller"),
+    ("Silence of the Lambs, The (1991)", "Drama|Thriller"),
+    ("Wizard of Oz, The (1939)", "Adventure|Children's|Drama|Musical"),
+    ("E.T. the Extra-Terrestrial (1982)", "Children's|Drama|Fantasy|Sci-Fi"),
+]
+GENRES = sorted({genre for _, genres in MOVIES for genre in genres.split("|")})
+
+
+def synthetic_histories(count: int, events: int, seed: int = 0) -> list[UserHistory]:
+    """Users with a taste: each draws mostly from the movies of two favourite genres."""
+    rng = random.Random(seed)
+    start = datetime(1998, 1, 1)
+    histories = []
+    for index in range(count):
+        favourites = set(rng.sample(GENRES, 2))
+        weights = [4.0 if favourites & set(genres.split("|")) else 0.5 for _, genres in MOVIES]
+        picks = rng.choices(MOVIES, weights=weights, k=events)
+        histories.append(
+            UserHistory(
+                f"user-{index}",
+                tuple(HistoryEvent(start + timedelta(hours=hour), t, g, None) for hour, (t, g) in enumerate(picks)),
+            )
+        )
+    return histories
+
+
+def timed(
+    histories: Sequence[UserHistory], catalog: Catalog, backend: ProfileBackend, events: int
+) -> tuple[list[ProfileResult], float]:
+    start = time.perf_counter()
+    results = generate_profiles(histories, catalog, backend, max_events=events)
+    return results, time.perf_counter() - start
+
+
+def one_at_a_time(
+    histories: Sequence[UserHistory], catalog: Catalog, backend: ProfileBackend, events: int
+) -> tuple[list[ProfileResult], float]:
+    """The naive loop: one call per user, so nothing is batched and no prompt prefix is shared."""
+    start = time.perf_counter()
+    results = [generate_profiles([history], catalog, backend, max_events=events)[0] for history in histories]
+    return results, time.perf_counter() - start
+
+
+def rates(label: str, results: list[ProfileResult], seconds: float) -> float:
+    users = len(results) / seconds
+    new_tokens = sum(r.new_tokens for r in results) / seconds
+    prompt_tokens = sum(r.prompt_tokens - r.cached_tokens for r in results) / seconds
+    statuses = Counter(r.status.value for r in results)
+    print(
+        f"  {label:<28} {len(results):>4} users {seconds:7.1f} s  {users:6.2f} users/s  "
+        f"{new_tokens:7.1f} new tok/s  {prompt_tokens:8.1f} computed prompt tok/s  {dict(statuses)}"
+    )
+    return users
+
+
+def matmul_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size**3 / (time.perf_counter() - start)
+
+
+def model_flops(backend: TransformersBackend, results: list[ProfileResult]) -> float:
+    """FLOPs the run performed: 2 x weights per token -- the tied lm_head only for generated tokens,
+    as prefill keeps just the last position's logits -- plus attention, 4 x layers x width x context.
+    Prompt tokens reused from the shared-prefix cache cost nothing (the prefix itself runs once)."""
+    config = backend.model.config
+    total = sum(p.numel() for p in backend.model.parameters())
+    body = total - config.vocab_size * config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention = 4 * config.num_hidden_layers * config.num_attention_heads * head_dim
+    flops = 0.0
+    for r in results:
+        computed = r.prompt_tokens - r.cached_tokens
+        flops += computed * (2 * body + attention * (r.cached_tokens + computed / 2))
+        flops += r.new_tokens * (2 * total + attention * (r.prompt_tokens + r.new_tokens / 2))
+    return flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=943)
+    parser.add_argument("--events", type=int, default=DEFAULT_MAX_EVENTS)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--compare", type=int, default=16, help="users run both batched and one at a time")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+
+    start = time.perf_counter()
+    backend = TransformersBackend.load(smollm2_config(batch_size=args.batch_size))
+    print(f"SmolLM2-135M loaded in {time.perf_counter() - start:.1f} s; model id {backend.model_id}")
+    catalog = Catalog(categories=GENRES, brands=[])
+    histories = synthetic_histories(max(args.users, args.compare), args.events)
+    timed(histories[:1], catalog, backend, args.events)  # compiles the grammar, warms the kernels
+
+    print(f"\nbatched vs one user at a time, the same {args.compare} users, {args.events} events each:")
+    compare = histories[: args.compare]
+    batched = rates(f"batch {args.batch_size}", *timed(compare, catalog, backend, args.events))
+    naive = rates("one user per call (loop)", *one_at_a_time(compare, catalog, backend, args.events))
+    print(f"  batched / naive: {batched / naive:.2f}x users/s")
+
+    print(f"\nfull run, batch {args.batch_size}:")
+    results, seconds = timed(histories[: args.users], catalog, backend, args.events)
+    users_per_second = rates(f"batch {args.batch_size}", results, seconds)
+    minutes_for_943 = 943 / users_per_second / 60
+    verdict = "meets" if minutes_for_943 < 5 else "misses"
+    print(f"  943 users would take {minutes_for_943:.1f} min: {verdict} the 5-minute target")
+
+    flops = model_flops(backend, results)
+    tokens = sum(r.prompt_tokens - r.cached_tokens + r.new_tokens for r in results)
+    bf16, fp32 = matmul_flops(torch.bfloat16), matmul_flops(torch.float32)
+    print("\ncompute limit:")
+    print(f"  bf16 matmul {bf16 / 1e9:7.1f} GFLOP/s, fp32 matmul {fp32 / 1e9:7.1f} GFLOP/s ({bf16 / fp32:.1f}x)")
+    print(
+        f"  model {flops / tokens / 1e6:.0f} MFLOP/token (computed prompt and generated) x {tokens / seconds:.0f} tok/s "
+        f"= {flops / seconds / 1e9:.1f} GFLOP/s, {flops / seconds / bf16:.1%} of the bf16 matmul rate"
+    )
+    print(f"  at the matmul rate: {bf16 / (flops / tokens):.0f} tok/s, {bf16 * len(results) / flops:.1f} users/s")
+
+
+if __name__ == "__main__":
+    main()
