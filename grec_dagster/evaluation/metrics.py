@@ -113,7 +113,7 @@ def rank_users(
         hits = truth.gather(1, top)
         for segment, mask in segments.items():
             in_segment = mask[top]
-            n_relevant = (truth & mask).sum(1)
+            n_relevant = torch.count_nonzero(truth & mask, dim=1)
             for k in ks:
                 for metric, value in _metrics_at(hits & in_segment, n_relevant, k).items():
                     parts.setdefault((segment, metric, k), []).append(value)
