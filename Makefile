@@ -33,6 +33,7 @@ demo: setup
 	@echo "MLflow UI:   $(BIN)/mlflow ui --backend-store-uri sqlite:///$(GREC_HOME)/mlflow.db --host 127.0.0.1 --port 5000"
 
 test: setup
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/grec data fetch
 	$(BIN)/python -m pytest -q
 

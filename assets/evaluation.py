@@ -4,10 +4,13 @@ import time
 
 import dagster as dg
 import pandas as pd
+import torch
 
 from assets.graph import interaction_graph, load_graph
-from assets.training import lightgcn_checkpoint, popularity_baselines
+from assets.temporal import temporal_checkpoint
+from assets.training import graphsage_checkpoint, lightgcn_checkpoint, popularity_baselines
 from grec_dagster.evaluation.evaluator import evaluate, ranking_task
+from grec_dagster.evaluation.metrics import ScoreFn
 from grec_dagster.evaluation.results import store_results
 from grec_dagster.evaluation.tables import headline_table, markdown_preview
 from grec_dagster.graph.interactions import TEST
@@ -16,9 +19,19 @@ from grec_dagster.resources import CheckpointStoreResource, DataSourceResource, 
 from grec_dagster.training.checkpoints import load_tensors
 
 GROUP = "evaluation"
+EMBEDDING_MODELS = ("lightgcn", "graphsage", "temporal")
+"""Checkpoint folders holding `user_embedding` and `item_embedding`, scored by dot product."""
 
 
-@dg.asset(group_name=GROUP, deps=[interaction_graph, popularity_baselines, lightgcn_checkpoint], kinds={"duckdb"})
+def _dot_scores(embeddings: dict[str, torch.Tensor]) -> ScoreFn:
+    return lambda users: embeddings["user_embedding"][users] @ embeddings["item_embedding"].T
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[interaction_graph, popularity_baselines, lightgcn_checkpoint, graphsage_checkpoint, temporal_checkpoint],
+    kinds={"duckdb"},
+)
 def evaluation_report(
     context: dg.AssetExecutionContext,
     source: DataSourceResource,
@@ -30,9 +43,9 @@ def evaluation_report(
     graph = load_graph(checkpoints)
     task = ranking_task(graph, TEST)
     popularity, _ = load_tensors(checkpoints.folder("popularity_baselines") / "scores.safetensors")
-    embeddings, _ = load_tensors(checkpoints.folder("lightgcn") / "model.safetensors")
     scorers = {name: broadcast_scores(scores) for name, scores in popularity.items()}
-    scorers["lightgcn"] = lambda users: embeddings["user_embedding"][users] @ embeddings["item_embedding"].T
+    for name in EMBEDDING_MODELS:
+        scorers[name] = _dot_scores(load_tensors(checkpoints.folder(name) / "model.safetensors")[0])
     results = pd.concat([evaluate(fn, graph, name, TEST, task) for name, fn in scorers.items()], ignore_index=True)
     results.insert(0, "protocol", graph.protocol)
     results.insert(0, "dataset", source.kind)

@@ -1,7 +1,8 @@
-"""The `grec` command: set up GREC_HOME, fetch data, print results.
+"""The `grec` command: set up GREC_HOME, fetch data, print results, recommend, compare runs, open the UIs.
 
-It talks to the same resources the Dagster definitions use, so what it prints is what the
-assets wrote.
+It reads the same places the Dagster definitions write (GREC_HOME, overridden by GREC_CONFIG),
+so what it prints is what the assets wrote. It imports nothing heavy it does not need: Dagster
+is never imported, and `grec recommend` needs only NumPy once its index is built.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import os
 import sys
 from pathlib import Path
 
-from grec_dagster.home import default_paths, grec_home
+from grec_dagster.home import MLFLOW_EXPERIMENT, default_paths, grec_home, load_user_config
 
 DAGSTER_YAML = """\
 # Written by `grec init`: the local Dagster instance of grec, SQLite storage under this folder.
 telemetry:
   enabled: false
+nux:
+  enabled: false  # no community sign-up pop-up in the UI of a service
 concurrency:
   pools:
     # Pools without an explicit limit (the `gpu` pool of the training assets) run one step at a time.
@@ -75,6 +78,65 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(resource: str, field: str, default: str) -> str:
+    """A resource field as GREC_CONFIG sets it, else the embedded default."""
+    return str(load_user_config().get(resource, {}).get(field, default))
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from grec_dagster.serving.index import IndexInputs, load_index
+
+    paths = default_paths()
+    inputs = IndexInputs(
+        checkpoints=Path(_setting("checkpoints", "root", paths["checkpoints"])),
+        warehouse=Path(_setting("warehouse", "path", paths["warehouse"])),
+    )
+    try:
+        index = load_index(inputs, grec_home() / "serving" / "recommend_index.npz")
+    except FileNotFoundError as error:
+        print(f"cannot recommend yet: {error}", file=sys.stderr)
+        return 1
+    for note in index.notes:
+        print(f"note: {note}", file=sys.stderr)
+    picks = index.recommend(args.user, args.k)
+    known = "" if index.user(args.user) is not None else " (unknown user: items that need no history)"
+    print(f"top {len(picks)} for user {args.user}{known}\n")
+    print(f"{'rank':>4}  {'item':<12}  {'tower':<12}  {'score':>6}  title")
+    for rank, pick in enumerate(picks, 1):
+        item = str(index.item_ids[pick.item])
+        print(f"{rank:>4}  {item:<12}  {pick.tower:<12}  {pick.score:>6.2f}  {index.titles[pick.item]}")
+    return 0
+
+
+def _mlflow_tracking_uri() -> str:
+    return _setting("mlflow", "tracking_uri", default_paths()["mlflow_tracking_uri"])
+
+
+def _cmd_runs_compare(args: argparse.Namespace) -> int:
+    from grec_dagster.training.runs import compare_runs
+
+    experiment = args.experiment or _setting("mlflow", "experiment", MLFLOW_EXPERIMENT)
+    try:
+        table = compare_runs(_mlflow_tracking_uri(), experiment, args.last, args.prefix)
+    except LookupError as error:
+        print(error, file=sys.stderr)
+        return 1
+    if table.empty:
+        print(f"no runs with metrics in experiment {experiment!r}", file=sys.stderr)
+        return 1
+    print(table.to_string(float_format=lambda value: f"{value:.4f}", na_rep="-"))
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from grec_dagster.ui import serve, ui_services
+
+    dagster_home = init_home()
+    env = os.environ | {"DAGSTER_HOME": str(dagster_home)}
+    services = ui_services(args.dagster_port, args.mlflow_port, _mlflow_tracking_uri(), dagster_home)
+    return serve(services, env, grec_home() / "logs", args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--dataset", default=None, help="only this dataset (e.g. movielens-100k)")
     results.add_argument("--segment", default="all", help="all, cold_users, warm_users, head_items, tail_items, cold_items")
     results.set_defaults(run=_cmd_results)
+    recommend = commands.add_parser("recommend", help="a user's top items, and which tower drove each")
+    recommend.add_argument("user", help="the user's id in your data (e.g. 196 for MovieLens)")
+    recommend.add_argument("-k", type=int, default=10, help="how many items")
+    recommend.set_defaults(run=_cmd_recommend)
+    runs = commands.add_parser("runs", help="MLflow runs").add_subparsers(dest="runs_command", required=True)
+    compare = runs.add_parser("compare", help="the metrics of an experiment's runs side by side")
+    compare.add_argument("--experiment", default=None, help="default: the mlflow resource's experiment")
+    compare.add_argument("--last", type=int, default=10, help="how many of the newest runs")
+    compare.add_argument("--prefix", default="test_", help="only metrics starting with this ('' for all)")
+    compare.set_defaults(run=_cmd_runs_compare)
+    ui = commands.add_parser("ui", help="start the Dagster UI and the MLflow UI; Ctrl-C stops both")
+    ui.add_argument("--dagster-port", type=int, default=3000)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for both to answer")
+    ui.set_defaults(run=_cmd_ui)
     return parser
 
 

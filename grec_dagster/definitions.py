@@ -6,9 +6,17 @@ file GREC_CONFIG names, so the same code runs on a laptop or against shared serv
 
 import dagster as dg
 
-from assets import evaluation, graph, ingestion, training
+from assets import evaluation, graph, ingestion, quality, temporal, training
+from grec_dagster.automation import AutomationSettings, build_automation
 from grec_dagster.home import default_paths, load_user_config
-from grec_dagster.resources import CheckpointStoreResource, DataSourceResource, MlflowResource, WarehouseResource
+from grec_dagster.resources import (
+    CheckpointStoreResource,
+    DataSourceResource,
+    GpuResource,
+    MlflowResource,
+    QualityResource,
+    WarehouseResource,
+)
 
 
 def build_resources(overrides: dict[str, dict] | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -23,6 +31,8 @@ def build_resources(overrides: dict[str, dict] | None = None) -> dict[str, dg.Co
         ),
         "checkpoints": (CheckpointStoreResource, {"root": paths["checkpoints"]}),
         "source": (DataSourceResource, {"cache_dir": paths["data_cache"]}),
+        "quality": (QualityResource, {}),
+        "gpu": (GpuResource, {}),
     }
     unknown = set(overrides) - set(defaults)
     if unknown:
@@ -30,11 +40,26 @@ def build_resources(overrides: dict[str, dict] | None = None) -> dict[str, dg.Co
     return {name: cls(**(settings | overrides.get(name, {}))) for name, (cls, settings) in defaults.items()}
 
 
-ASSETS = dg.load_assets_from_modules([ingestion, graph, training, evaluation])
+ASSETS = dg.load_assets_from_modules([ingestion, graph, training, temporal, evaluation])
 
 
 def build_definitions(overrides: dict[str, dict] | None = None) -> dg.Definitions:
-    return dg.Definitions(assets=ASSETS, resources=build_resources(overrides))
+    """`overrides` is GREC_CONFIG's content: resource settings, plus an optional `automation` section."""
+    overrides = dict(overrides or {})
+    settings = AutomationSettings.model_validate(overrides.pop("automation", {}))
+    resources = build_resources(overrides)
+    # Your files are partitioned by file (with a landing sensor); a built-in source is one snapshot.
+    raw = ingestion.raw_interactions_for(resources["source"].kind)
+    assets = [raw, *(asset for asset in ASSETS if raw.key not in asset.keys)]
+    automation = build_automation(settings, assets, raw.key)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=quality.build_quality_checks(raw),
+        jobs=automation.jobs,
+        schedules=automation.schedules,
+        sensors=[*ingestion.landing_sensors(raw), *automation.sensors],
+        resources=resources,
+    )
 
 
 defs = build_definitions(load_user_config())

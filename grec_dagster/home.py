@@ -7,6 +7,9 @@ from pathlib import Path
 
 import yaml
 
+MLFLOW_EXPERIMENT = "grec"
+"""The experiment training runs go to unless GREC_CONFIG names another."""
+
 
 def grec_home() -> Path:
     return Path(os.environ.get("GREC_HOME", ".grec")).expanduser().resolve()
@@ -28,7 +31,8 @@ def default_paths(home: Path | None = None) -> dict[str, str]:
 def load_user_config() -> dict:
     """Resource settings from the YAML file GREC_CONFIG names (see configs/), or nothing.
 
-    Shape: `{resource_name: {field: value}}`, e.g. `{source: {kind: files, interactions_path: ...}}`.
+    Shape: `{resource_name: {field: value}}`, e.g. `{source: {kind: files, interactions_path: ...}}`,
+    plus an optional `automation: {cron: ..., timezone: ...}` section (see `grec_dagster.automation`).
     """
     path = os.environ.get("GREC_CONFIG")
     if not path:

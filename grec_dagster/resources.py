@@ -1,4 +1,4 @@
-"""Typed Dagster resources: the warehouse, MLflow, the checkpoint store and the data source.
+"""Typed Dagster resources: the warehouse, MLflow, the checkpoint store, the data source and the GPU.
 
 Each is a thin handle over engine code; its fields are what a user sets in GREC_CONFIG or
 in a run's config to point grec somewhere else (another DuckDB file, a remote MLflow server,
@@ -17,9 +17,13 @@ from pydantic import Field
 
 from grec_dagster.data.quality import QualityParams
 from grec_dagster.data.sources import DataSource, SourceParams, make_source
+from grec_dagster.home import MLFLOW_EXPERIMENT
+from grec_dagster.training.devices import DeviceStatus, Placement, place, probe_devices
 from grec_dagster.training.tracking import TrackedRun, tracked_run
 
 LOCK_RETRY_SECONDS = 120.0
+GPU_POOL = "gpu"
+"""The concurrency pool of the training assets; the instance limits how many run at once."""
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -52,7 +56,7 @@ class MlflowResource(dg.ConfigurableResource):
 
     tracking_uri: str = Field(description="sqlite:///... for the embedded store, or http://host:5000.")
     artifact_location: str | None = Field(default=None, description="Where new experiments keep artifacts.")
-    experiment: str = Field(default="grec", description="Experiment the runs go to.")
+    experiment: str = Field(default=MLFLOW_EXPERIMENT, description="Experiment the runs go to.")
     ui_url: str = Field(default="http://127.0.0.1:5000", description="Base URL of the MLflow UI, for links.")
 
     @contextmanager
@@ -91,6 +95,33 @@ class QualityResource(dg.ConfigurableResource, QualityParams):
 
     def params(self) -> QualityParams:
         return QualityParams.model_validate(self.model_dump())
+
+
+class GpuResource(dg.ConfigurableResource):
+    """Where training runs: the GPU with room (free memory, load), else the CPU when allowed.
+
+    The retrain sensor asks it before requesting a run, and each training step asks again when it
+    starts, since the answer can change in between. Training assets also sit in the `gpu` pool, so
+    the instance's pool limit (1 by default, see `grec init`) keeps two of them off one GPU.
+    """
+
+    min_free_memory_mb: int = Field(default=2048, description="Free memory a GPU needs to take a training step.")
+    max_utilization: float = Field(default=90.0, description="A GPU busier than this percent counts as taken.")
+    allow_cpu_fallback: bool = Field(default=True, description="Train on the CPU when no GPU has room.")
+
+    def devices(self) -> list[DeviceStatus]:
+        return probe_devices()
+
+    def placement(self) -> Placement:
+        return place(self.devices(), self.min_free_memory_mb, self.max_utilization, self.allow_cpu_fallback)
+
+    def device(self) -> str:
+        """The device a training step should use now; raises when there is none and no CPU fallback."""
+        placement = self.placement()
+        if placement.device is None:
+            raise RuntimeError(f"nowhere to train: {placement.reason}")
+        dg.get_dagster_logger().info(f"training on {placement.device}: {placement.reason}")
+        return placement.device
 
 
 @lru_cache(maxsize=1)

@@ -82,7 +82,7 @@ def test_partitioning_follows_the_source(grec_home: Path, landing: Path):
         assert {spec.name for spec in specs} == {"raw_interactions_quality", "items_quality", "users_quality"}
         assert all(spec.blocking for spec in specs)
     assert snapshot.resolve_assets_def("raw_interactions").partitions_def is None
-    assert not list(snapshot.sensors or [])
+    assert SENSOR not in {sensor.name for sensor in snapshot.sensors}
     assert by_file.resolve_assets_def("raw_interactions").partitions_def == LANDED_FILES
     assert by_file.resolve_sensor_def(SENSOR) is not None
     assert by_file.resolve_assets_def("interaction_graph").partitions_def is None

@@ -52,7 +52,17 @@ def evaluate(
     return pd.DataFrame(rows)
 
 
-def validation_ndcg(score_fn: ScoreFn, task: RankingTask, k: int = 20) -> float:
-    """The early-stopping signal: mean NDCG@k over validation users, nothing else computed."""
-    values = rank_users(score_fn, task, (k,))[("all", "ndcg", k)]
-    return float(values[~torch.isnan(values)].mean())
+def validation_ndcg(
+    score_fn: ScoreFn, task: RankingTask, segments: dict[str, torch.Tensor] | None = None, k: int = 20
+) -> dict[str, float]:
+    """Mean NDCG@k over validation users as `ndcg@k` (the early-stopping signal), and as
+    `ndcg@k/<segment>` for each item segment with relevant items (what the grokking check
+    watches per segment), from one ranking pass."""
+    per_user = rank_users(score_fn, task, (k,), segments)
+    found = {}
+    for segment in ("all", *(segments or {})):
+        values = per_user[(segment, "ndcg", k)]
+        values = values[~torch.isnan(values)]
+        if values.numel():
+            found[f"ndcg@{k}" if segment == "all" else f"ndcg@{k}/{segment}"] = float(values.mean())
+    return found

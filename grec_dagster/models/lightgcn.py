@@ -5,8 +5,8 @@
     E = sum_{l=0..L} alpha_l E^{(l)},  alpha_l = 1/(L+1)
     score(u, i) = <e_u, e_i>
 
-trained with BPR, -log sigmoid(score(u, i+) - score(u, i-)), plus an L2 penalty on the
-layer-0 embeddings of the batch, as in the paper and RecBole.
+trained with BPR, -log sigmoid(score(u, i+) - score(u, i-)) averaged over the sampled
+negatives i-, plus an L2 penalty on the layer-0 embeddings of the batch, as in the paper.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from grec_dagster.graph.adjacency import propagate
 class LightGCNParams(BaseModel):
     dim: int = Field(default=64, description="Embedding size.")
     layers: int = Field(default=2, description="Propagation layers.")
-    reg_weight: float = Field(default=1e-4, description="L2 weight on the batch's layer-0 embeddings.")
+    reg_weight: float = Field(default=1e-3, description="L2 weight on the batch's layer-0 embeddings.")
+    negatives: int = Field(default=4, description="Uniform negatives per positive in the BPR loss.")
 
 
 class LightGCN(nn.Module):
@@ -45,11 +46,15 @@ class LightGCN(nn.Module):
 
     def bpr_loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         user_emb, item_emb = self.propagate()
+        negatives = negatives.view(len(users), -1)
         u, p, n = user_emb[users], item_emb[positives], item_emb[negatives]
-        ranking = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
+        margin = (u * p).sum(-1, keepdim=True) - (u.unsqueeze(1) * n).sum(-1)
+        ranking = -F.logsigmoid(margin).mean()
         ego = self.embedding.weight
         l2 = (
-            ego[users].pow(2).sum() + ego[positives + self.n_users].pow(2).sum() + ego[negatives + self.n_users].pow(2).sum()
+            ego[users].pow(2).sum()
+            + ego[positives + self.n_users].pow(2).sum()
+            + ego[negatives + self.n_users].pow(2).sum() / negatives.shape[1]
         ) / len(users)
         return ranking + self.params.reg_weight * l2
 

@@ -1,8 +1,9 @@
 """BPR triples (user, positive item, negative item) for pairwise training, vectorized.
 
 Each epoch visits every distinct training pair once in a seeded random order; each positive
-gets one negative drawn uniformly from the items the user has not met in training
+gets `n_negatives` negatives drawn uniformly from the items the user has not met in training
 (rejection sampling, redrawn as a batch until no negative collides with a positive).
+Negatives have shape [batch] for one negative and [batch, n_negatives] otherwise.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ MAX_REDRAWS = 20
 
 
 class BPRSampler:
-    def __init__(self, positive_keys: torch.Tensor, n_items: int, batch_size: int):
+    def __init__(self, positive_keys: torch.Tensor, n_items: int, batch_size: int, n_negatives: int = 1):
         """`positive_keys`: sorted distinct `user * n_items + item` training pairs."""
         self.keys = positive_keys
         self.n_items = n_items
         self.batch_size = batch_size
+        self.n_negatives = n_negatives
 
     def __len__(self) -> int:
         return (len(self.keys) + self.batch_size - 1) // self.batch_size
@@ -42,7 +44,8 @@ class BPRSampler:
         order = torch.randperm(len(self.keys), generator=generator)
         users_all = self.keys[order] // self.n_items
         items_all = self.keys[order] % self.n_items
-        negatives_all = self.negatives(users_all, generator)
+        draws = users_all if self.n_negatives == 1 else users_all.unsqueeze(1).expand(-1, self.n_negatives)
+        negatives_all = self.negatives(draws.contiguous(), generator)
         for start in range(0, len(order), self.batch_size):
             stop = start + self.batch_size
             yield users_all[start:stop], items_all[start:stop], negatives_all[start:stop]

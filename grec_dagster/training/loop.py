@@ -1,25 +1,32 @@
 """One training loop for every model: accelerate, early stopping, resumable checkpoints.
 
-The same code runs on a CPU, on one GPU, or as several DDP processes (`accelerate launch`):
-each process takes every n-th batch of the shared, seeded batch order, and DDP averages the
-gradients. A model's `forward(*batch)` returns its training loss, so DDP sees every step.
+The same code runs on a CPU, on one GPU, or as several DDP processes (`torchrun`, or
+`accelerate launch` on GPUs). Every process draws the same seeded batches and trains on its
+contiguous share of each one; its mean loss is weighted by that share, so DDP's average of the
+gradients is the gradient of the whole batch's mean loss: n processes step exactly as one
+process does on the same `batch_size`, up to the order of float sums. A model's
+`forward(*batch)` returns its training loss (a mean over the batch's examples), so DDP sees
+every step.
 
 After each epoch the full training state (model, optimizer, RNG, counters, history) is
 written atomically to `last.safetensors`; a killed run restarted with the same config resumes
-there and ends where an uninterrupted run would.
+there and ends where an uninterrupted run would (a run that had already stopped stays stopped).
+Progress bars show only on the main process, on a terminal, outside CI.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
+import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from pydantic import BaseModel, Field
 from torch import nn
 from tqdm.auto import tqdm
@@ -32,13 +39,18 @@ class TrainParams(BaseModel):
     lr: float = Field(default=1e-3, description="Adam learning rate.")
     weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
     batch_size: int = Field(default=2048, description="Training examples per step (over all processes).")
-    patience: int = Field(default=30, description="Evaluations without improvement before stopping.")
+    patience: int = Field(default=30, ge=1, description="Evaluations without improvement before stopping.")
     eval_every: int = Field(default=1, description="Epochs between validations.")
     seed: int = Field(default=0, description="Seed of initialization and batch order.")
 
 
 class Objective(Protocol):
-    """What a model brings to the loop: its batches and its validation score (higher is better)."""
+    """What a model brings to the loop: its batches and its validation score (higher is better).
+
+    Under DDP each process trains on its contiguous rows of every batch, the same rows of each
+    tensor, so every tensor must have one row per example (dim 0) and the loss must be a mean
+    over them; batches of another shape (a sampled subgraph, say) train on one process only.
+    """
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]: ...
 
@@ -80,21 +92,23 @@ def fit(
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(wrapped)
 
-    epochs = tqdm(range(state.next_epoch, params.epochs), desc=description, disable=None, leave=False)
+    quiet = True if _in_ci() or not accelerator.is_main_process else None  # None: quiet unless a terminal
+    epochs = tqdm(range(state.next_epoch, params.epochs), desc=description, disable=quiet, leave=False)
     for epoch in epochs:
+        if state.bad_evals >= params.patience:
+            break
         started = time.perf_counter()
         wrapped.train()
         total, steps = 0.0, 0
-        shard = itertools.islice(
-            objective.batches(epoch, generator), accelerator.process_index, None, accelerator.num_processes
-        )
-        for batch in shard:
-            loss = wrapped(*(tensor.to(accelerator.device) for tensor in batch))
+        for batch in objective.batches(epoch, generator):
+            shard, weight = _shard(batch, accelerator.process_index, accelerator.num_processes)
+            loss = wrapped(*(tensor.to(accelerator.device) for tensor in shard)) * weight
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
             total += float(loss.detach())
             steps += 1
+        total = sum(gather_object([total])) / accelerator.num_processes  # the weighted shares add up to batches
         record = {"epoch": float(epoch), "train_loss": total / max(steps, 1), "seconds": time.perf_counter() - started}
         if (epoch + 1) % params.eval_every == 0 or epoch + 1 == params.epochs:
             inner.eval()
@@ -110,11 +124,8 @@ def fit(
         epochs.set_postfix(loss=f"{record['train_loss']:.4f}", best=f"{state.best_metric:.4f}")
         if on_epoch is not None and accelerator.is_main_process:
             on_epoch(record)
-        stop = state.bad_evals >= params.patience
         if last_path is not None and accelerator.is_main_process:
             _save(last_path, inner, optimizer, generator, state)
-        if stop:
-            break
     return TrainResult(
         history=state.history,
         best_epoch=state.best_epoch,
@@ -122,6 +133,29 @@ def fit(
         best_state=state.best_state or {k: v.detach().cpu() for k, v in inner.state_dict().items()},
         resumed_from_epoch=state.resumed_from,
     )
+
+
+def _shard(batch: tuple[torch.Tensor, ...], index: int, count: int) -> tuple[tuple[torch.Tensor, ...], float]:
+    """Process `index`'s contiguous rows of `batch`, and the weight that turns DDP's average of
+    per-process mean losses into the mean over the whole batch when the shares are uneven.
+
+    A process left without rows (a batch smaller than the process count) repeats row 0 with
+    weight 0: it must still run backward, or the others wait forever in the all-reduce.
+    """
+    if count == 1:
+        return batch, 1.0
+    size = len(batch[0])
+    if any(len(tensor) != size for tensor in batch):
+        raise ValueError("under DDP every tensor of a batch needs one row per example")
+    start, stop = size * index // count, size * (index + 1) // count
+    weight = (stop - start) * count / size
+    if start == stop:
+        start, stop = 0, 1
+    return tuple(tensor[start:stop] for tensor in batch), weight
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
 
 
 @dataclass
@@ -135,7 +169,9 @@ class _LoopState:
     resumed_from: int | None = None
 
 
-def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: _LoopState) -> None:
+def _save(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: _LoopState
+) -> None:
     optimizer_tensors, optimizer_meta = flatten_optimizer(optimizer.state_dict())
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= optimizer_tensors

@@ -1,0 +1,65 @@
+"""GraphSAGE on an interaction graph: BPR triples as sampled subgraphs in, embeddings out.
+
+Which edges carry messages, and when (an edge is a distinct user-item pair, both directions):
+
+- training batches and validation (early stopping): TRAIN pairs only, since validation
+  ranks the VALID pairs;
+- the final embeddings, which the test split is ranked with: TRAIN + VALID pairs. By the
+  test period the valid events have happened, and the evaluator removes them from the
+  ranking as history; a user or item first met in the valid period is thus embedded from
+  its valid-period neighbors and its features.
+
+TEST pairs never carry a message, and id embeddings exist only for nodes with a TRAIN edge
+(the model's `has_id`), so nothing of the test period reaches an embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+from grec_dagster.graph.csr import CSR
+from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
+from grec_dagster.models.graphsage import GraphSAGE, GraphSAGEParams
+from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
+from grec_dagster.training.loop import EpochCallback, TrainParams, fit
+
+
+def interaction_csr(graph: InteractionGraph, *splits: int) -> CSR:
+    """The distinct pairs of `splits` as an undirected CSR over users, then items (offset by n_users)."""
+    pairs = graph.pairs(*splits)
+    users, items = pairs // graph.n_items, pairs % graph.n_items + graph.n_users
+    return CSR.from_edges(torch.cat([users, items]), torch.cat([items, users]), graph.n_users + graph.n_items)
+
+
+def train_graphsage(
+    graph: InteractionGraph,
+    user_features: Tensor,
+    item_features: Tensor,
+    params: GraphSAGEParams,
+    train: TrainParams,
+    checkpoint_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    accelerator: Accelerator | None = None,
+) -> TrainedEmbeddings:
+    """Fit on TRAIN, early-stop on VALID, then embed every node over the TRAIN + VALID graph."""
+    torch.manual_seed(train.seed)
+    train_graph = interaction_csr(graph, TRAIN)
+    model = GraphSAGE(user_features, item_features, train_graph, params)
+    result = fit(
+        model,
+        BPRObjective(graph, train.batch_size, lambda module: module.embed_all(train_graph), params.negatives),
+        train,
+        checkpoint_dir=checkpoint_dir,
+        on_epoch=on_epoch,
+        accelerator=accelerator,
+        description="graphsage",
+    )
+    model.load_state_dict(result.best_state)
+    model.eval()
+    users, items = model.embed_all(interaction_csr(graph, TRAIN, VALID))
+    valid_users, valid_items = model.embed_all(train_graph)
+    return TrainedEmbeddings(users, items, result, valid_users, valid_items)

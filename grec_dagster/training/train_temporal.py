@@ -1,0 +1,134 @@
+"""The temporal graph attention model through the shared loop, and its test readouts.
+
+Batches are the training events in time order, cut where the time changes, each event with
+one sampled negative item (BPR); every epoch replays the stream from an empty memory, as TGN
+does. Validation embeds every user and item at the validation cut from the training events
+and ranks all items through the shared evaluator; the final embeddings are taken at the test
+cut from train + valid events, so `evaluate` scores them like any other model's.
+
+With memory on, train in one process: under DDP the loop gives each process its own rows of
+every batch, so each process's memory would see only its share of the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+from grec_dagster.evaluation.evaluator import ranking_task, validation_ndcg
+from grec_dagster.evaluation.segments import item_segments
+from grec_dagster.graph.interactions import TEST, TRAIN, VALID, InteractionGraph
+from grec_dagster.graph.temporal import ITEM, USER, TemporalGraph, chronological_batches
+from grec_dagster.models.profile_fusion import ProfileFacets
+from grec_dagster.models.temporal import TemporalGraphAttention, TemporalParams
+from grec_dagster.training.bpr import BPRSampler
+from grec_dagster.training.embeddings import TrainedEmbeddings
+from grec_dagster.training.loop import EpochCallback, TrainParams, fit
+
+
+class _TemporalForward(nn.Module):
+    """`forward(users, items, ts, negatives)` -> BPR loss; the memory moves on as TGN trains it."""
+
+    def __init__(self, model: TemporalGraphAttention, history: TemporalGraph):
+        super().__init__()
+        self.model = model
+        self.history = history
+
+    def forward(self, users: Tensor, items: Tensor, ts: Tensor, negatives: Tensor) -> Tensor:
+        memory = self.model.memory_view()
+        loss = self.model.bpr_loss(self.history, users, items, ts, negatives, memory)
+        self.model.observe(memory, users, items, ts)
+        return loss
+
+
+class TemporalObjective:
+    def __init__(
+        self,
+        model: TemporalGraphAttention,
+        graph: InteractionGraph,
+        temporal: TemporalGraph,
+        batch_size: int,
+    ):
+        self.model = model
+        self.history = temporal.history_before(VALID)
+        self.batch_size = batch_size
+        self.sampler = BPRSampler(graph.pairs(TRAIN), graph.n_items, batch_size)
+        self.valid_task = ranking_task(graph, VALID)
+        self.segments = item_segments(graph)
+        self.valid_time = temporal.cut_time(VALID)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, ...]]:
+        events = self.history
+        negatives = self.sampler.negatives(events.users, generator)
+        self.model.reset_memory()
+        for start, end in chronological_batches(events.ts, self.batch_size):
+            yield tuple(x[start:end] for x in (events.users, events.items, events.ts, negatives))
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        users, items = model.model.embeddings_at(self.history, self.valid_time, self.batch_size)
+        return validation_ndcg(lambda batch: users[batch] @ items.T, self.valid_task, self.segments)
+
+
+@torch.no_grad()
+def next_interaction_mrr(model: TemporalGraphAttention, temporal: TemporalGraph, split: int, batch_size: int) -> float:
+    """Mean reciprocal rank of each `split` event's item among all items, just before the event.
+
+    The whole stream is replayed in chronological batches. Each user is embedded at its own
+    event's time and every item at its batch's first time, both from all events strictly
+    before (earlier held-out events included: in a stream they are known by then), with the
+    memory of every earlier batch. The approximation: an item misses events of its own batch.
+    Ties count against the model.
+    """
+    reciprocal = []
+    for start, end, memory in model.stream(temporal, batch_size):
+        chosen = torch.nonzero(temporal.split[start:end] == split).squeeze(1) + start
+        if not chosen.numel():
+            continue
+        items = model.embed_all(temporal, ITEM, int(temporal.ts[start]), memory)
+        users = model.embed(temporal, temporal.users[chosen], USER, temporal.ts[chosen], memory)
+        scores = users @ items.T
+        target = scores.gather(1, temporal.items[chosen].unsqueeze(1))
+        reciprocal.append(1.0 / (scores >= target).sum(1).float())
+    return float(torch.cat(reciprocal).mean()) if reciprocal else float("nan")
+
+
+def train_temporal(
+    graph: InteractionGraph,
+    temporal: TemporalGraph,
+    params: TemporalParams,
+    train: TrainParams,
+    checkpoint_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    accelerator: Accelerator | None = None,
+    profiles: ProfileFacets | None = None,
+) -> TrainedEmbeddings:
+    """Fit, restore the best epoch, and embed at the test cut; `result.extra` holds the next-interaction MRR.
+
+    With `profiles` (one row per user of `graph`), users' embeddings are fused with their profile facets.
+    """
+    if temporal.source_fingerprint != graph.fingerprint():
+        raise ValueError("the temporal graph was built from another interaction graph: rebuild it")
+    if profiles is not None and len(profiles.mask) != graph.n_users:
+        raise ValueError(f"profiles cover {len(profiles.mask)} users, the graph has {graph.n_users}")
+    torch.manual_seed(train.seed)
+    model = TemporalGraphAttention(temporal.user_features, temporal.item_features, params, profiles)
+    objective = TemporalObjective(model, graph, temporal, train.batch_size)
+    result = fit(
+        _TemporalForward(model, objective.history),
+        objective,
+        train,
+        checkpoint_dir=checkpoint_dir,
+        on_epoch=on_epoch,
+        accelerator=accelerator,
+        description="temporal",
+    )
+    model.load_state_dict({k.removeprefix("model."): v for k, v in result.best_state.items()})
+    model.eval()
+    users, items = model.embeddings_at(temporal.history_before(TEST), temporal.cut_time(TEST), train.batch_size)
+    valid_users, valid_items = model.embeddings_at(objective.history, objective.valid_time, train.batch_size)
+    result.extra["next_interaction_mrr"] = next_interaction_mrr(model, temporal, TEST, train.batch_size)
+    return TrainedEmbeddings(users, items, result, valid_users, valid_items)
