@@ -15,7 +15,7 @@ from grec_dagster.data.errors import DataSourceError
 from grec_dagster.data.landing import SETTLE_SECONDS, landed_files, plan_landing
 from grec_dagster.data.quality import utc_now
 from grec_dagster.data.validation import IngestedBatch, enforce_row_rules
-from grec_dagster.data.warehouse import replace_batches, replace_table
+from grec_dagster.data.warehouse import replace_batches, replace_catalog
 from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.resources import DataSourceResource, QualityResource, WarehouseResource
 
@@ -38,7 +38,7 @@ def build_raw_interactions(partitions_def: dg.DynamicPartitionsDefinition | None
         """The accepted interaction log (`interactions`) and every rejected row with its reason (`quarantine`)."""
         started = time.perf_counter()
         data = source.source()
-        rules = quality.params().row_rules(utc_now(), catalog=pd.Index(data.items()["item_id"].dropna()))
+        rules = quality.params().row_rules(utc_now(), catalog=pd.Index(data.items().accepted["item_id"].dropna()))
         names = [context.partition_key] if partitions_def else data.batches()
         batches = {name: enforce_row_rules(data.interactions(name), rules) for name in names}
         accepted = sum(len(batch.accepted) for batch in batches.values())
@@ -68,19 +68,11 @@ def _ingestion_metadata(source: str, batches: dict[str, IngestedBatch], seconds:
         "rows_quarantined": len(quarantine),
         "row_accounting": f"read {rows_read} = accepted {len(accepted)} + quarantined {len(quarantine)}",
         "dagster/row_count": len(accepted),
-        "quarantined_by_column": dg.MetadataValue.md(user_text_markdown(by_column)),
-        "quarantine_preview": dg.MetadataValue.md(user_text_markdown(quarantine)),
-        "preview": dg.MetadataValue.md(user_text_markdown(accepted.nsmallest(10, "ts"))),
+        "quarantined_by_column": dg.MetadataValue.md(markdown_preview(by_column)),
+        "quarantine_preview": dg.MetadataValue.md(markdown_preview(quarantine)),
+        "preview": dg.MetadataValue.md(markdown_preview(accepted.nsmallest(10, "ts"))),
         "seconds": round(seconds, 3),
     }
-
-
-def user_text_markdown(frame: pd.DataFrame, rows: int = 10) -> str:
-    """A markdown table of user data ("none" when empty): a pipe or line break in a value would break its layout."""
-    if frame.empty:
-        return "none"
-    text = frame.head(rows).astype("string").apply(lambda column: column.str.replace(r"[\r\n]+", " ", regex=True))
-    return markdown_preview(text.apply(lambda column: column.str.replace("|", r"\|", regex=False)), rows=rows)
 
 
 raw_interactions = build_raw_interactions(None)
@@ -117,15 +109,17 @@ def landing_sensors(raw: dg.AssetsDefinition) -> list[dg.SensorDefinition]:
 
 
 def _catalog_table(
-    table: str, frame: pd.DataFrame, warehouse: WarehouseResource, started: float
+    table: str, batch: IngestedBatch, warehouse: WarehouseResource, started: float
 ) -> dg.MaterializeResult:
     with warehouse.connect() as con:
-        replace_table(con, table, frame)
+        replace_catalog(con, table, batch)
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(frame),
-            "columns": ", ".join(frame.columns),
-            "preview": dg.MetadataValue.md(user_text_markdown(frame)),
+            "dagster/row_count": len(batch.accepted),
+            "rows_quarantined": len(batch.quarantine),
+            "row_accounting": batch.accounting(),
+            "columns": ", ".join(batch.accepted.columns),
+            "preview": dg.MetadataValue.md(markdown_preview(batch.accepted)),
             "seconds": round(time.perf_counter() - started, 3),
         }
     )

@@ -10,8 +10,9 @@ import warnings
 
 import dagster as dg
 
-from assets.ingestion import items, user_text_markdown, users
+from assets.ingestion import items, users
 from grec_dagster.data.quality import SuiteReport, check_interactions, check_items, check_users, utc_now
+from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.resources import QualityResource, WarehouseResource
 
 
@@ -90,9 +91,9 @@ def _check_result(report: SuiteReport, started: float, **extra: int | None) -> d
             "expectations": len(report.outcomes),
             "expectations_failed": len(report.failures),
             "unexpected_rows": int(failures["unexpected"].fillna(0).sum()),
-            "failing_expectations": dg.MetadataValue.md(user_text_markdown(failures, rows=100)),
-            "bad_rows_sample": dg.MetadataValue.md(user_text_markdown(report.bad_rows, rows=100)),
-            "all_expectations": dg.MetadataValue.md(user_text_markdown(report.table(), rows=100)),
+            "failing_expectations": dg.MetadataValue.md(markdown_preview(failures, rows=100)),
+            "bad_rows_sample": dg.MetadataValue.md(markdown_preview(report.bad_rows, rows=100)),
+            "all_expectations": dg.MetadataValue.md(markdown_preview(report.table(), rows=100)),
             **{name: value for name, value in extra.items() if value is not None},
             "seconds": round(time.perf_counter() - started, 3),
         },

@@ -23,8 +23,8 @@ import pandas as pd
 from grec_dagster.data.quality import QualityParams, check_interactions, utc_now
 from grec_dagster.data.sources import SourceParams, make_source
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
-from grec_dagster.data.validation import enforce_row_rules
-from grec_dagster.data.warehouse import replace_batches, replace_table
+from grec_dagster.data.validation import enforce_row_rules, validate_catalog
+from grec_dagster.data.warehouse import replace_batches, replace_catalog
 
 FILE = "events.csv"
 
@@ -68,7 +68,7 @@ def main() -> None:
         rules = params.row_rules(now, catalog=pd.Index(shop.items["item_id"]))
 
         with duckdb.connect(str(landing / "warehouse.duckdb")) as con:
-            replace_table(con, "items", shop.items)
+            replace_catalog(con, "items", validate_catalog(shop.items, "item_id", "items"))
             read_s, parsed = best_seconds(lambda: source.interactions(FILE), args.repeats)
             rules_s, batch = best_seconds(lambda: enforce_row_rules(parsed, rules), args.repeats)
             write_s, _ = best_seconds(lambda: replace_batches(con, {FILE: batch}), args.repeats)

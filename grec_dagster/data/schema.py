@@ -82,7 +82,7 @@ class SourceFrames:
     users: pd.DataFrame
     quarantine: pd.DataFrame | None = None
 
-    def conformed(self) -> "SourceFrames":
+    def conformed(self) -> SourceFrames:
         return SourceFrames(
             interactions=conform(self.interactions, INTERACTION_COLUMNS),
             items=conform(self.items, ITEM_COLUMNS),

@@ -7,9 +7,9 @@ replaces exactly its rows.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
-from abc import ABC, abstractmethod
 from typing import Protocol
 
 import pandas as pd
@@ -20,7 +20,7 @@ from grec_dagster.data.files import map_columns, read_text_table, resolve_files
 from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k
 from grec_dagster.data.schema import ITEM_COLUMNS, USER_KEY, SourceFrames, conform, conform_users
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
-from grec_dagster.data.validation import IngestedBatch, validate_interactions
+from grec_dagster.data.validation import IngestedBatch, validate_catalog, validate_interactions
 
 SOURCE_KINDS = ("movielens-100k", "synthetic", "files")
 
@@ -50,9 +50,9 @@ class DataSource(Protocol):
 
     def interactions(self, batch: str) -> IngestedBatch: ...
 
-    def items(self) -> pd.DataFrame: ...
+    def items(self) -> IngestedBatch: ...
 
-    def users(self) -> pd.DataFrame: ...
+    def users(self) -> IngestedBatch: ...
 
 
 class _SingleBatchSource(ABC):
@@ -75,11 +75,13 @@ class _SingleBatchSource(ABC):
             raise DataSourceError(f"unknown batch {batch!r}; this source has only {self.name!r}")
         return validate_interactions(self.frames.interactions, self.name)
 
-    def items(self) -> pd.DataFrame:
-        return self.frames.items
+    def items(self) -> IngestedBatch:
+        return _typed_catalog(
+            validate_catalog(self.frames.items, "item_id", f"{self.name} items", numeric=("price",)), conform_items
+        )
 
-    def users(self) -> pd.DataFrame:
-        return self.frames.users
+    def users(self) -> IngestedBatch:
+        return _typed_catalog(validate_catalog(self.frames.users, USER_KEY, f"{self.name} users"), conform_users)
 
 
 class MovieLensSource(_SingleBatchSource):
@@ -138,33 +140,35 @@ class FilesSource:
     def _mapping(self, wanted: tuple[str, ...]) -> dict[str, str]:
         return {ours: theirs for ours, theirs in self.params.columns.items() if ours in wanted}
 
-    def items(self) -> pd.DataFrame:
+    def items(self) -> IngestedBatch:
         if not self.params.items_path:
-            return conform(pd.DataFrame(), ITEM_COLUMNS)
+            return _typed_catalog(validate_catalog(pd.DataFrame({"item_id": []}), "item_id", "items"), conform_items)
         path = resolve_files(self.params.items_path)[0]
+        raw = read_text_table(path, self.params.delimiter)
         mapped = map_columns(
-            read_text_table(path, self.params.delimiter),
-            self._mapping(tuple(ITEM_COLUMNS)),
-            wanted=tuple(ITEM_COLUMNS),
-            required=("item_id",),
-            path=path,
+            raw, self._mapping(tuple(ITEM_COLUMNS)), wanted=tuple(ITEM_COLUMNS), required=("item_id",), path=path
         )
-        mapped["price"] = pd.to_numeric(mapped["price"], errors="coerce") if "price" in mapped else None
-        return conform(mapped.drop_duplicates("item_id", keep="last"), ITEM_COLUMNS)
+        batch = validate_catalog(mapped, "item_id", path.name, numeric=("price",), original=raw)
+        return _typed_catalog(batch, conform_items)
 
-    def users(self) -> pd.DataFrame:
+    def users(self) -> IngestedBatch:
         if not self.params.users_path:
-            return conform_users(pd.DataFrame({USER_KEY: pd.Series(dtype="string")}))
+            return _typed_catalog(validate_catalog(pd.DataFrame({USER_KEY: []}), USER_KEY, "users"), conform_users)
         path = resolve_files(self.params.users_path)[0]
+        raw = read_text_table(path, self.params.delimiter)
         mapped = map_columns(
-            read_text_table(path, self.params.delimiter),
-            self._mapping((USER_KEY,)),
-            wanted=(USER_KEY,),
-            required=(USER_KEY,),
-            path=path,
-            keep_others=True,
+            raw, self._mapping((USER_KEY,)), wanted=(USER_KEY,), required=(USER_KEY,), path=path, keep_others=True
         )
-        return conform_users(mapped.drop(columns=["source_row"]).drop_duplicates(USER_KEY, keep="last"))
+        return _typed_catalog(validate_catalog(mapped, USER_KEY, path.name, original=raw), conform_users)
+
+
+def conform_items(frame: pd.DataFrame) -> pd.DataFrame:
+    return conform(frame, ITEM_COLUMNS)
+
+
+def _typed_catalog(batch: IngestedBatch, conform_to) -> IngestedBatch:
+    """The same batch with its accepted rows in the canonical columns and types."""
+    return IngestedBatch(conform_to(batch.accepted), batch.quarantine, batch.rows_read)
 
 
 def make_source(params: SourceParams) -> DataSource:
@@ -173,7 +177,9 @@ def make_source(params: SourceParams) -> DataSource:
         return MovieLensSource(Path(params.cache_dir))
     if params.kind == "synthetic":
         return SyntheticSource(
-            SyntheticConfig(n_interactions=params.synthetic_interactions, n_days=params.synthetic_days, seed=params.seed)
+            SyntheticConfig(
+                n_interactions=params.synthetic_interactions, n_days=params.synthetic_days, seed=params.seed
+            )
         )
     if params.kind == "files":
         return FilesSource(params)

@@ -263,3 +263,42 @@ def _rows_as_json(rows: pd.DataFrame) -> list[str]:
     """The rejected row as the user wrote it (or as typed, for a rule on typed rows), to fix and replay."""
     records = rows.drop(columns=["source_row"], errors="ignore").astype("string").to_dict(orient="records")
     return [json.dumps({k: (None if pd.isna(v) else v) for k, v in record.items()}) for record in records]
+
+
+def validate_catalog(
+    frame: pd.DataFrame, key: str, source: str, numeric: tuple[str, ...] = (), original: pd.DataFrame | None = None
+) -> IngestedBatch:
+    """Split a catalog table (items, users) into accepted and quarantined rows.
+
+    Rules, in order: the id is present; a value in a `numeric` column, when given, is a
+    non-negative number; the id is not repeated by a later row (the last row of an id wins,
+    as a catalog export's newest line usually does). `accepted` keeps the caller's columns,
+    numeric ones typed, without `source_row`.
+    """
+    n = len(frame)
+    source_row = frame["source_row"].to_numpy("int64") if "source_row" in frame else np.arange(1, n + 1)
+    rules: list[Rule] = [(key, _is_blank(frame[key]), "empty or missing id")]
+    typed = frame.drop(columns=["source_row"], errors="ignore").copy()
+    for column in (c for c in numeric if c in frame):
+        values = to_float(frame[column])
+        given = ~_is_blank(frame[column])
+        rules.append(
+            (column, given & ~(np.isfinite(values) & (values >= 0)).to_numpy(bool), "not a non-negative number")
+        )
+        typed[column] = values
+    column, reason, bad = _first_broken(rules, n)
+    ids = frame[key].astype("string").str.strip()
+    superseded = ids.duplicated(keep="last").to_numpy(bool) & ~bad
+    if superseded.any():
+        last_row = pd.Series(source_row, index=frame.index).groupby(ids).transform("last").to_numpy("int64")
+        reason[superseded] = [f"id repeated in a later row {row}" for row in last_row[superseded]]
+        column[superseded] = key
+        bad |= superseded
+    typed[key] = ids
+    return IngestedBatch(
+        accepted=typed.loc[~bad].reset_index(drop=True),
+        quarantine=_quarantine_rows(
+            source, source_row[bad], column[bad], reason[bad], (frame if original is None else original).loc[bad]
+        ),
+        rows_read=n,
+    )

@@ -60,15 +60,30 @@ def replace_batches(
         con.unregister("kept_batches")
 
 
-def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
-    """Replace a whole table (the catalog, the users) atomically from a frame."""
+def replace_catalog(con: duckdb.DuckDBPyConnection, table: str, batch: IngestedBatch) -> None:
+    """Replace a whole catalog table (items or users) and its rejected rows in one transaction.
+
+    Rejected catalog rows go to `catalog_quarantine` (the quarantine columns plus `table_name`),
+    apart from the interaction quarantine whose rows are replaced per log batch.
+    """
     if table not in {"items", "users"}:
-        raise ValueError(f"replace_table only writes items or users, not {table!r}")
-    con.register("new_rows", frame)
+        raise ValueError(f"replace_catalog only writes items or users, not {table!r}")
+    body = ", ".join(f'"{name}" {DUCKDB_TYPES[dtype]}' for name, dtype in QUARANTINE_COLUMNS.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS catalog_quarantine (table_name VARCHAR, {body})")
+    con.register("new_rows", batch.accepted)
+    con.register("rejected_rows", batch.quarantine)
     try:
+        con.execute("BEGIN TRANSACTION")
         con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM new_rows")
+        con.execute("DELETE FROM catalog_quarantine WHERE table_name = $table", {"table": table})
+        con.execute("INSERT INTO catalog_quarantine SELECT $table, * FROM rejected_rows", {"table": table})
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     finally:
         con.unregister("new_rows")
+        con.unregister("rejected_rows")
 
 
 def count_rows(con: duckdb.DuckDBPyConnection, table: str, source: str | None = None) -> int:

@@ -15,8 +15,8 @@ still covers every item, so a segment score says how well those items surface am
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -40,7 +40,7 @@ class RankingTask:
     n_items: int
 
     @classmethod
-    def from_pairs(cls, truth: torch.Tensor, seen: torch.Tensor, n_items: int) -> "RankingTask":
+    def from_pairs(cls, truth: torch.Tensor, seen: torch.Tensor, n_items: int) -> RankingTask:
         """Build from sorted `user * n_items + item` keys: relevant pairs and pairs to exclude."""
         truth = truth[~torch.isin(truth, seen)]
         users = torch.unique(truth // n_items)

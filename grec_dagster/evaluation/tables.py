@@ -8,11 +8,15 @@ HEADLINE = (("recall", 10), ("ndcg", 10), ("recall", 20), ("ndcg", 20), ("mrr", 
 
 
 def markdown_preview(frame: pd.DataFrame, rows: int = 10) -> str:
-    """The first rows of a table as markdown, with long text cut so the preview stays readable."""
+    """The first rows of a table as markdown ("none" when empty). Text is cut to stay readable, and
+    a pipe or line break in a value (user data holds anything) is escaped so the layout holds."""
+    if frame.empty:
+        return "none"
     head = frame.head(rows).copy()
     for column in head.columns:
         if pd.api.types.is_string_dtype(head[column]) or head[column].dtype == object:
-            head[column] = head[column].astype("string").str.slice(0, 60)
+            text = head[column].astype("string").str.slice(0, 60)
+            head[column] = text.str.replace(r"[\r\n]+", " ", regex=True).str.replace("|", r"\|", regex=False)
     return head.to_markdown(index=False)
 
 

@@ -83,7 +83,7 @@ class InteractionGraph:
         _atomic(folder / "graph.json", lambda p: Path(p).write_text(json.dumps(meta)))
 
     @classmethod
-    def load(cls, folder: Path) -> "InteractionGraph":
+    def load(cls, folder: Path) -> InteractionGraph:
         folder = Path(folder)
         tensors = load_file(folder / "edges.safetensors")
         meta = json.loads((folder / "graph.json").read_text())

@@ -8,7 +8,7 @@ Negatives have shape [batch] for one negative and [batch, n_negatives] otherwise
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -19,7 +19,7 @@ from grec_dagster.data.schema import INTERACTION_COLUMNS
 from grec_dagster.data.sources import SourceParams, make_source
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
 from grec_dagster.data.validation import IngestedBatch, enforce_row_rules
-from grec_dagster.data.warehouse import replace_batches, replace_table
+from grec_dagster.data.warehouse import replace_batches, replace_catalog
 
 BAD = Path(__file__).parent / "bad"
 NOW = pd.Timestamp("2025-06-01")
@@ -35,7 +35,7 @@ def ingest(landing: Path, name: str, catalog: bool = False, **source: object) ->
         **source,
     )
     data = make_source(params)
-    rules = QualityParams().row_rules(NOW, catalog=pd.Index(data.items()["item_id"]))
+    rules = QualityParams().row_rules(NOW, catalog=pd.Index(data.items().accepted["item_id"]))
     return enforce_row_rules(data.interactions(name), rules)
 
 
@@ -180,7 +180,7 @@ def test_sql_and_prompt_injection_text_is_stored_verbatim(tmp_path: Path):
 
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
         replace_batches(con, batches)
-        replace_table(con, "items", catalog)
+        replace_catalog(con, "items", catalog)
         tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         stored = con.execute(
             "SELECT user_id, item_id, event FROM interactions WHERE source = $name ORDER BY source_row",
@@ -192,7 +192,7 @@ def test_sql_and_prompt_injection_text_is_stored_verbatim(tmp_path: Path):
 
     written = pd.DataFrame(records_in(landing / "injection.csv"))
     assert stored.astype(object).values.tolist() == written[["user_id", "item_id", "event"]].values.tolist()
-    assert tables == {"interactions", "items", "quarantine"}
+    assert tables == {"interactions", "items", "quarantine", "catalog_quarantine"}
     assert counts == {"one_row.csv": 1, "injection.csv": 5, hostile_name: 5}
     assert titles == (
         "Robert'); DROP TABLE items; --",

@@ -20,8 +20,8 @@ from grec_dagster.data.quality import (
     interaction_expectations,
 )
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
-from grec_dagster.data.validation import enforce_row_rules, validate_interactions
-from grec_dagster.data.warehouse import replace_batches, replace_table
+from grec_dagster.data.validation import enforce_row_rules, validate_catalog, validate_interactions
+from grec_dagster.data.warehouse import replace_batches, replace_catalog
 
 NOW = pd.Timestamp("2025-06-01")
 PARAMS = QualityParams()
@@ -34,8 +34,8 @@ def warehouse(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     batch = enforce_row_rules(validate_interactions(shop.interactions, "a.csv"), PARAMS.row_rules(NOW))
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
         replace_batches(con, {"a.csv": batch})
-        replace_table(con, "items", shop.items)
-        replace_table(con, "users", shop.users)
+        replace_catalog(con, "items", validate_catalog(shop.items, "item_id", "items"))
+        replace_catalog(con, "users", validate_catalog(shop.users, "user_id", "users"))
         yield con
 
 

@@ -80,3 +80,35 @@ def test_files_source_maps_columns_and_quarantines_bad_rows(tmp_path: Path):
     assert reasons[3] == {"column": "user_id", "reason": "empty or missing id"}
     assert reasons[4]["column"] == "ts" and reasons[5]["column"] == "value"
     assert '"qty": "many"' in batch.quarantine.raw.iloc[-1]
+
+
+def test_catalog_rows_that_break_a_rule_are_quarantined_not_dropped(tmp_path: Path):
+    (tmp_path / "log.csv").write_text("user_id,item_id,ts\nu1,i1,2024-01-01\n")
+    (tmp_path / "catalog.csv").write_text(
+        "sku,name,price\n"
+        "i1,Old title,3.0\n"  # superseded by row 4
+        ",No id,1.0\n"
+        "i2,Priced oddly,cheap\n"
+        "i1,New title,4.5\n"
+        "i3,Free sample,\n"  # no price is fine: NULL, not invented
+    )
+    source = make_source(
+        SourceParams(
+            kind="files",
+            interactions_path=str(tmp_path / "log.csv"),
+            items_path=str(tmp_path / "catalog.csv"),
+            columns={"item_id": "sku", "title": "name"},
+        )
+    )
+    batch = source.items()
+    assert batch.rows_read == 5 and len(batch.accepted) == 2 and len(batch.quarantine) == 3
+    kept = batch.accepted.set_index("item_id")
+    assert kept.loc["i1", "title"] == "New title" and kept.loc["i1", "price"] == 4.5
+    assert pd.isna(kept.loc["i3", "price"])
+    reasons = batch.quarantine.set_index("source_row")[["column", "reason"]].to_dict("index")
+    assert reasons == {
+        1: {"column": "item_id", "reason": "id repeated in a later row 4"},
+        2: {"column": "item_id", "reason": "empty or missing id"},
+        3: {"column": "price", "reason": "not a non-negative number"},
+    }
+    assert '"name": "Priced oddly"' in batch.quarantine.set_index("source_row").raw[3]
