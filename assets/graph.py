@@ -6,6 +6,8 @@ import dagster as dg
 import pandas as pd
 
 from assets.ingestion import items, raw_interactions
+from grec_dagster.data.errors import DataSourceError
+from grec_dagster.data.warehouse import held_back_rows, trusted_interactions
 from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.graph.interactions import SPLIT_NAMES, TEST, TRAIN, VALID, InteractionGraph, build_graph
 from grec_dagster.graph.splits import SplitParams, split_labels
@@ -51,7 +53,10 @@ def interaction_graph(
     """Dense ids, time-ordered user-item events and their train/valid/test split (temporal by default)."""
     started = time.perf_counter()
     with warehouse.connect() as con:
-        log = con.execute("SELECT user_id, item_id, ts FROM interactions ORDER BY ts, source, source_row").df()
+        log = trusted_interactions(con)
+        held_back = held_back_rows(con)
+        if log.empty:
+            raise DataSourceError(f"no interactions to build the graph from ({held_back} held back by failing checks)")
         labels = split_labels(log, config.protocol, config.seed)
         splits = log.assign(split=pd.Series(labels).map(SPLIT_NAMES).astype("string"))
         con.register("event_split_rows", splits)
@@ -65,6 +70,7 @@ def interaction_graph(
             "users": graph.n_users,
             "items": graph.n_items,
             "events": len(graph.users),
+            "held_back_rows": held_back,
             "fingerprint": graph.fingerprint(),
             "splits": dg.MetadataValue.md(markdown_preview(_split_summary(graph))),
             "seconds": round(time.perf_counter() - started, 3),

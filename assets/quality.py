@@ -12,6 +12,7 @@ import dagster as dg
 
 from assets.ingestion import items, users
 from grec_dagster.data.quality import SuiteReport, check_interactions, check_items, check_users, utc_now
+from grec_dagster.data.warehouse import record_verdict
 from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.resources import QualityResource, WarehouseResource
 
@@ -35,8 +36,9 @@ def _raw_interactions_check(raw: dg.AssetsDefinition) -> dg.AssetChecksDefinitio
             started = time.perf_counter()
             partition = context.partition_key if raw.partitions_def else None
             previous = _previous_accepted_rows(context, raw, partition)
-            with warehouse.connect(read_only=True) as con:
+            with warehouse.connect() as con:
                 report = check_interactions(con, quality.params(), utc_now(), partition, previous)
+                record_verdict(con, partition, report.passed)
             return _check_result(report, started, previous_rows=previous)
 
     return raw_interactions_quality

@@ -141,6 +141,18 @@ def test_a_failing_blocking_check_stops_everything_downstream(grec_home: Path, l
         assert blocked.asset_materializations_for_node("raw_interactions")
         assert not blocked.asset_materializations_for_node("interaction_graph")
 
+        # A later run that only rebuilds the graph (a nightly retrain) still leaves the failed file out.
+        retrain = dg.materialize(
+            defs.assets,
+            selection=dg.AssetSelection.assets("interaction_graph"),
+            resources=defs.resources,
+            instance=instance,
+        )
+        graph = retrain.asset_materializations_for_node("interaction_graph")[0].metadata
+        held = warehouse_rows(grec_home, "interactions").source.eq("overlap.csv").sum()
+        assert held == 400 and graph["held_back_rows"].value == held
+        assert graph["events"].value == warehouse_rows(grec_home, "interactions").source.eq("day1.csv").sum()
+
         shrunk = materialize(defs, instance, "tiny.csv", "raw_interactions")
         [check] = shrunk.get_asset_check_evaluations()
         assert not check.passed and check.metadata["previous_rows"].value == 400

@@ -90,5 +90,50 @@ def count_rows(con: duckdb.DuckDBPyConnection, table: str, source: str | None = 
     if table not in {*TABLES, "users"}:
         raise ValueError(f"unknown table {table!r}")
     if source is None:
-        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    return con.execute(f"SELECT count(*) FROM {table} WHERE source = $source", {"source": source}).fetchone()[0]
+        return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    return con.execute(f"SELECT count(*) FROM {table} WHERE source = $source", {"source": source}).fetchall()[0][0]
+
+
+VERDICTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS batch_verdicts (source VARCHAR PRIMARY KEY, passed BOOLEAN, checked_at TIMESTAMP)"
+)
+
+
+def record_verdict(con: duckdb.DuckDBPyConnection, source: str | None, passed: bool) -> None:
+    """Remember whether a batch (one file; None: every batch of the snapshot) passed its blocking check.
+
+    A failing blocking check stops its own run; the verdict also keeps the batch out of every later
+    build of the graph (a nightly retrain, say) until the file is fixed, re-ingested and passes.
+    """
+    con.execute(VERDICTS_DDL)
+    sources = (
+        [source]
+        if source is not None
+        else [row[0] for row in con.execute("SELECT DISTINCT source FROM interactions").fetchall()]
+    )
+    con.register("checked_batches", pd.DataFrame({"source": pd.Series(sources, dtype="string")}))
+    try:
+        con.execute(
+            """INSERT OR REPLACE INTO batch_verdicts
+               SELECT source, $passed, now()::TIMESTAMP FROM checked_batches""",
+            {"passed": passed},
+        )
+    finally:
+        con.unregister("checked_batches")
+
+
+def trusted_interactions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The accepted log without the batches whose last blocking check failed, in time order."""
+    con.execute(VERDICTS_DDL)
+    return con.execute(
+        """SELECT user_id, item_id, ts FROM interactions
+           WHERE source NOT IN (SELECT source FROM batch_verdicts WHERE NOT passed)
+           ORDER BY ts, source, source_row"""
+    ).df()
+
+
+def held_back_rows(con: duckdb.DuckDBPyConnection) -> int:
+    con.execute(VERDICTS_DDL)
+    return con.execute(
+        "SELECT count(*) FROM interactions WHERE source IN (SELECT source FROM batch_verdicts WHERE NOT passed)"
+    ).fetchall()[0][0]
