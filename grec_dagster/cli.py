@@ -45,8 +45,18 @@ def init_home() -> Path:
 
 def _cmd_init(_: argparse.Namespace) -> int:
     dagster_home = init_home()
-    print(f"GREC_HOME={grec_home()}\nDAGSTER_HOME={dagster_home}")
+    tracking_uri = default_paths()["mlflow_tracking_uri"]
+    _create_tracking_store(tracking_uri)
+    print(f"GREC_HOME={grec_home()}\nDAGSTER_HOME={dagster_home}\nMLflow store: {tracking_uri}")
     return 0
+
+
+def _create_tracking_store(tracking_uri: str) -> None:
+    """Create (migrate) the MLflow store once, up front: several step processes creating a fresh
+    SQLite store at the same moment race on its schema migrations."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
 
 
 def _cmd_data_fetch(_: argparse.Namespace) -> int:
@@ -140,7 +150,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("init", help="create GREC_HOME and the local Dagster instance").set_defaults(run=_cmd_init)
+    commands.add_parser("init", help="create GREC_HOME, the local Dagster instance and the MLflow store").set_defaults(
+        run=_cmd_init
+    )
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     data.add_parser("fetch", help="download and verify MovieLens-100K").set_defaults(run=_cmd_data_fetch)
     results = commands.add_parser("results", help="print the evaluation results table")
