@@ -40,6 +40,9 @@ test: setup
 results: setup
 	$(BIN)/python benchmarks/results_table.py
 
+ui: setup
+	$(BIN)/grec ui
+
 benchmarks: setup
 	$(BIN)/python benchmarks/bench_lightgcn.py
 
