@@ -7,6 +7,9 @@ export GREC_HOME ?= $(CURDIR)/.grec
 export DAGSTER_HOME ?= $(GREC_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Idle OpenMP threads sleep instead of spinning: on 2 shared cores, spinning made 2-thread torch steps
+# 30-70x slower whenever another process ran (benchmarks/bench_gnn_scale.py).
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test results ui benchmarks lint clean

@@ -1,4 +1,5 @@
-"""The temporal model's two stages: the continuous-time graph (features) and its TGAT/TGN checkpoint (training)."""
+"""The temporal model's stages: the continuous-time graph (features) and its TGAT/TGN checkpoints (training),
+without and with the users' LLM profile facets fused in (DynLLM)."""
 
 import time
 
@@ -7,10 +8,12 @@ import pandas as pd
 
 from assets import ingestion
 from assets.graph import interaction_graph, load_graph
+from assets.llm import PROFILE_FILE, profile_embeddings
 from assets.training import _train_embeddings
 from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.graph.features import item_features, user_features
 from grec_dagster.graph.temporal import ITEM, USER, TemporalGraph, build_temporal_graph
+from grec_dagster.models.profile_fusion import ProfileFacets
 from grec_dagster.models.temporal import TemporalParams
 from grec_dagster.resources import GPU_POOL, CheckpointStoreResource, GpuResource, MlflowResource, WarehouseResource
 from grec_dagster.training.devices import accelerator_for
@@ -86,17 +89,52 @@ def temporal_checkpoint(
 ) -> dg.MaterializeResult:
     """TGAT-style temporal attention (optional TGN memory) trained with BPR on the event stream;
     embeddings at the test cut, so the evaluator scores it like LightGCN, plus next-interaction MRR."""
+    return _train_temporal(context, "temporal", config, checkpoints, mlflow, gpu)
+
+
+@dg.asset(
+    group_name="training",
+    deps=[interaction_graph, temporal_graph, profile_embeddings],
+    kinds={"pytorch", "mlflow"},
+    pool=GPU_POOL,
+)
+def temporal_profiles_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: TemporalConfig,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+) -> dg.MaterializeResult:
+    """The temporal model with each user's profile facets fused into its embedding (DynLLM: distilled
+    top-k facets, attention with the temporal embedding as query, gated residual); same readouts."""
+    profiles = ProfileFacets.load(checkpoints.folder("profile_embeddings") / PROFILE_FILE)
+    return _train_temporal(context, "temporal_profiles", config, checkpoints, mlflow, gpu, profiles)
+
+
+def _train_temporal(
+    context: dg.AssetExecutionContext,
+    name: str,
+    config: TemporalConfig,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+    profiles: ProfileFacets | None = None,
+) -> dg.MaterializeResult:
+    """Both temporal assets' body; resumable state is keyed by the profiles too, so new ones train afresh."""
     graph = load_graph(checkpoints)
     temporal = load_temporal_graph(checkpoints)
     model, train = TemporalParams.model_validate(config.model_dump()), TrainParams.model_validate(config.model_dump())
     accelerator = accelerator_for(gpu.device())
+    data = temporal.fingerprint() if profiles is None else f"{temporal.fingerprint()}-{profiles.fingerprint()}"
     return _train_embeddings(
         context,
-        "temporal",
+        name,
         config,
         graph,
-        temporal.fingerprint(),
-        lambda state_dir, on_epoch: train_temporal(graph, temporal, model, train, state_dir, on_epoch, accelerator),
+        data,
+        lambda state_dir, on_epoch: train_temporal(
+            graph, temporal, model, train, state_dir, on_epoch, accelerator, profiles
+        ),
         checkpoints,
         mlflow,
     )

@@ -6,13 +6,14 @@ file GREC_CONFIG names, so the same code runs on a laptop or against shared serv
 
 import dagster as dg
 
-from assets import evaluation, graph, ingestion, quality, temporal, training
+from assets import evaluation, fusion, graph, ingestion, llm, quality, temporal, training
 from grec_dagster.automation import AutomationSettings, build_automation
 from grec_dagster.home import default_paths, load_user_config
 from grec_dagster.resources import (
     CheckpointStoreResource,
     DataSourceResource,
     GpuResource,
+    LlmResource,
     MlflowResource,
     QualityResource,
     WarehouseResource,
@@ -33,6 +34,7 @@ def build_resources(overrides: dict[str, dict] | None = None) -> dict[str, dg.Co
         "source": (DataSourceResource, {"cache_dir": paths["data_cache"]}),
         "quality": (QualityResource, {}),
         "gpu": (GpuResource, {}),
+        "llm": (LlmResource, {}),
     }
     unknown = set(overrides) - set(defaults)
     if unknown:
@@ -40,7 +42,7 @@ def build_resources(overrides: dict[str, dict] | None = None) -> dict[str, dg.Co
     return {name: cls(**(settings | overrides.get(name, {}))) for name, (cls, settings) in defaults.items()}
 
 
-ASSETS = dg.load_assets_from_modules([ingestion, graph, training, temporal, evaluation])
+ASSETS = dg.load_assets_from_modules([ingestion, graph, llm, training, temporal, fusion, evaluation])
 
 
 def build_definitions(overrides: dict[str, dict] | None = None) -> dg.Definitions:

@@ -43,6 +43,9 @@ QUICK_TRAINING = {
     "lightgcn_checkpoint": {"config": {"epochs": 3, "batch_size": 1024}},
     "graphsage_checkpoint": {"config": {"epochs": 1, "batch_size": 1024, "dim": 16}},
     "temporal_checkpoint": {"config": {"epochs": 1, "dim": 16, "neighbors": 5}},
+    "temporal_profiles_checkpoint": {"config": {"epochs": 1, "dim": 16, "neighbors": 5}},
+    "llm_checkpoint": {"config": {"epochs": 1, "batch_size": 1024}},
+    "fusion_checkpoint": {"config": {"epochs": 2}},
 }
 MULTIPROCESS = {
     "max_concurrent": 3,

@@ -8,12 +8,16 @@ import duckdb
 import pytest
 
 from grec_dagster.definitions import ASSETS, build_definitions, build_resources
+from grec_dagster.training.grokking import NONE_DETECTED
 
 FAST_TRAINING = {
     "ops": {
         "lightgcn_checkpoint": {"config": {"epochs": 4, "batch_size": 1024}},
         "graphsage_checkpoint": {"config": {"epochs": 2, "batch_size": 1024, "dim": 16}},
         "temporal_checkpoint": {"config": {"epochs": 2, "dim": 16, "neighbors": 5, "memory": True}},
+        "temporal_profiles_checkpoint": {"config": {"epochs": 2, "dim": 16, "neighbors": 5, "memory": True}},
+        "llm_checkpoint": {"config": {"epochs": 2, "batch_size": 1024}},
+        "fusion_checkpoint": {"config": {"epochs": 3}},
     }
 }
 
@@ -23,7 +27,8 @@ def test_definitions_load_and_validate(grec_home):
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"raw_interactions", "items", "users", "user_histories", "interaction_graph", "lightgcn_checkpoint",
             "popularity_baselines", "evaluation_report", "temporal_graph", "temporal_checkpoint",
-            "graphsage_checkpoint"} <= keys
+            "graphsage_checkpoint", "temporal_profiles_checkpoint", "user_profiles", "item_text_embeddings",
+            "profile_embeddings", "llm_checkpoint", "fusion_checkpoint", "recommendations", "mlflow_comparison"} <= keys
     done = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "grec_dagster.definitions"],
         capture_output=True, text=True,
@@ -45,12 +50,18 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
         assert lightgcn["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
         temporal = result.asset_materializations_for_node("temporal_checkpoint")[0].metadata
         assert 0 < temporal["test_next_interaction_mrr"].value <= 1
+        assert temporal["grokking.all"].value == NONE_DETECTED  # too few epochs to grok: said explicitly
         assert instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")) is not None
     with duckdb.connect(str(grec_home / "warehouse.duckdb"), read_only=True) as con:
         models = {row[0] for row in con.execute("SELECT DISTINCT model FROM evaluation_results").fetchall()}
         accepted, read = con.execute("SELECT count(*), 6000 FROM interactions").fetchone()
         quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-    assert models == {"most_popular", "most_popular_recent", "lightgcn", "graphsage", "temporal"}
+    assert models == {
+        "most_popular", "most_popular_recent", "lightgcn", "graphsage", "temporal", "temporal_profiles", "llm",
+        "popularity_tower", "static_fusion", "gated_fusion",
+    }
     assert accepted + quarantined == read
     assert (grec_home / "checkpoints" / "lightgcn" / "model.safetensors").exists()
     assert (grec_home / "checkpoints" / "graphsage" / "model.safetensors").exists()
+    for tower in ("lightgcn", "graphsage", "temporal", "temporal_profiles", "llm"):
+        assert (grec_home / "checkpoints" / tower / "grokking.json").exists()

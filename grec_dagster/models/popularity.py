@@ -3,7 +3,7 @@
 - most popular: training events per item.
 - most popular recent: training events per item within the last `recent_share` of the
   training period, so items that are hot right before the cut rank first (ties broken by
-  all-time popularity).
+  popularity over the whole period).
 """
 
 from __future__ import annotations
@@ -19,13 +19,17 @@ def most_popular(graph: InteractionGraph) -> torch.Tensor:
     return graph.train_item_counts.float()
 
 
-def most_popular_recent(graph: InteractionGraph, recent_share: float = RECENT_SHARE) -> torch.Tensor:
-    _, items, ts = graph.edges(TRAIN)
+def most_popular_recent(
+    graph: InteractionGraph, recent_share: float = RECENT_SHARE, splits: tuple[int, ...] = (TRAIN,)
+) -> torch.Tensor:
+    """Over the events of `splits`: the training split for the baseline; fusion also scores at the
+    test cut, where the valid events have happened."""
+    _, items, ts = graph.edges(*splits)
     start, end = int(ts.min()), int(ts.max())
     recent = ts >= end - recent_share * (end - start)
     counts = torch.bincount(items[recent], minlength=graph.n_items).float()
-    tie_break = most_popular(graph) / (most_popular(graph).max() + 1.0)
-    return counts + tie_break
+    overall = torch.bincount(items, minlength=graph.n_items).float()
+    return counts + overall / (overall.max() + 1.0)
 
 
 def broadcast_scores(scores: torch.Tensor):

@@ -87,7 +87,7 @@ class ProfileFusion(nn.Module):
         scores = tokens @ self.score / self.score.norm()
         top = scores.topk(self.top_k, dim=1)
         kept = tokens.gather(1, top.indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return kept
+        return kept * torch.sigmoid(top.values).unsqueeze(-1)
 
     def forward(self, users: Tensor, h: Tensor) -> Tensor:
         """h' for `users` [B] given their temporal embeddings h [B, dim]."""

@@ -57,20 +57,21 @@ def segment_metrics(record: Mapping[str, float], metric: str = WATCHED_METRIC) -
 def check_grokking(
     tower: str,
     history: Iterable[Mapping[str, float]],
-    config: GrokkingConfig = GrokkingConfig(),
+    config: GrokkingConfig | None = None,
     metric: str = WATCHED_METRIC,
 ) -> GrokkingCheck:
-    """Feed every validated epoch of `history` to a fresh monitor, in order."""
-    monitor = GrokkingMonitor(config)
+    """Feed every validated epoch of `history` to a fresh monitor (default thresholds), in order."""
+    monitor = GrokkingMonitor(config or GrokkingConfig())
     for record in history:
         segments = segment_metrics(record, metric)
         if segments:
             monitor.update(tower, int(record["epoch"]), float(record["train_loss"]), segments)
-    return GrokkingCheck(tower, metric, config, tuple(monitor.events), monitor.summary().get(tower, {}))
+    return GrokkingCheck(tower, metric, monitor.config, tuple(monitor.events), monitor.summary().get(tower, {}))
 
 
 def record_grokking(check: GrokkingCheck, run: TrackedRun, folder: Path) -> None:
     """Write the check to the MLflow run and to `folder / grokking.json`."""
+    run.log_metrics({"grokking_events": float(len(check.events))})  # 0 in every run comparison when none fired
     for event in check.events:
         run.log_metrics({f"grokking_jump/{event.segment}": event.jump_abs}, step=event.epoch)
     if check.verdicts:

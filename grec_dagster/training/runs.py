@@ -23,3 +23,25 @@ def compare_runs(tracking_uri: str, experiment: str, last: int = 10, prefix: str
         label = f"{run.info.run_name} {run.info.run_id[:6]}{status}"
         columns[label] = {key: value for key, value in run.data.metrics.items() if key.startswith(prefix)}
     return pd.DataFrame(columns).sort_index()
+
+
+def latest_history(tracking_uri: str, experiment: str, run_name: str, keys: tuple[str, ...]) -> pd.DataFrame:
+    """The newest finished run named `run_name`: one row per step (the epoch) with the metrics `keys`
+    (MLflow keys, e.g. `ndcg_at_20`) as columns next to `epoch`; no rows when there is no such run."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    quoted = run_name.replace("'", "\\'")
+    runs = (
+        client.search_runs(
+            [found.experiment_id],
+            filter_string=f"attributes.run_name = '{quoted}' AND attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found is not None
+        else []
+    )
+    if not runs:
+        return pd.DataFrame(columns=["epoch", *keys])
+    history = {key: {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, key)} for key in keys}
+    return pd.DataFrame(history).rename_axis("epoch").reset_index().sort_values("epoch", ignore_index=True)

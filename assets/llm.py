@@ -1,0 +1,215 @@
+"""Stage 4, the LLM layer: user profiles a causal LM writes from purchase histories, text
+embeddings of items and profile facets, and the text tower trained on them."""
+
+import hashlib
+import time
+
+import dagster as dg
+import pandas as pd
+import torch
+
+from assets.graph import interaction_graph, load_graph, user_histories
+from assets.ingestion import items
+from assets.training import _train_embeddings
+from grec_dagster.evaluation.tables import markdown_preview
+from grec_dagster.llm.embedding_cache import embed_with_cache
+from grec_dagster.llm.profile_cache import plan_refresh, store_profiles
+from grec_dagster.llm.profile_schema import UserProfile
+from grec_dagster.llm.profiles import ProfileResult, generate_profiles
+from grec_dagster.llm.prompting import load_prompt
+from grec_dagster.llm.text_encoder import TextEncoder, TextEncoderConfig
+from grec_dagster.llm.texts import FACETS, facet_texts, item_texts, read_catalog, read_histories
+from grec_dagster.models.text_tower import TextTowerParams
+from grec_dagster.resources import (
+    GPU_POOL,
+    CheckpointStoreResource,
+    GpuResource,
+    LlmResource,
+    MlflowResource,
+    WarehouseResource,
+)
+from grec_dagster.training.checkpoints import load_tensors, save_tensors
+from grec_dagster.training.devices import accelerator_for
+from grec_dagster.training.loop import TrainParams
+from grec_dagster.training.train_text_tower import train_text_tower
+
+GROUP = "llm"
+ITEM_TEXT_FILE = "item_text.safetensors"
+PROFILE_FILE = "profile_embeddings.safetensors"
+USERS_PER_CHUNK = 128
+"""Profiles are stored after every chunk, so an interrupted run keeps what it generated."""
+
+
+@dg.asset(group_name=GROUP, deps=[user_histories, items], kinds={"duckdb", "transformers"})
+def user_profiles(
+    context: dg.AssetExecutionContext, llm: LlmResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """A JSON profile per user (crowd segment, interests, categories, brands, summary), written by a
+    causal LM under a JSON-schema grammar from the user's recent training events. Cached by (user,
+    history digest, model, prompt version): only users whose recent history changed are regenerated."""
+    started = time.perf_counter()
+    settings = llm.backend_config()
+    prompt = load_prompt(llm.prompt)
+    with warehouse.connect() as con:
+        histories = read_histories(con)
+        catalog = read_catalog(con)
+        plan = plan_refresh(con, histories, settings.model_id, prompt.version, llm.max_events)
+    context.log.info(f"{plan.summary.regenerated} profiles to write, {plan.summary.reused} reused from the cache")
+    results: list[ProfileResult] = []
+    generating = time.perf_counter()
+    if plan.stale:
+        from grec_dagster.llm.backends import TransformersBackend  # transformers loads only when needed
+
+        backend = TransformersBackend.load(settings)
+        for start in range(0, len(plan.stale), USERS_PER_CHUNK):
+            chunk = generate_profiles(plan.stale[start : start + USERS_PER_CHUNK], catalog, backend, prompt, llm.max_events)
+            with warehouse.connect() as con:
+                store_profiles(con, chunk, settings.model_id, prompt.version)
+            results.extend(chunk)
+            rate = len(results) / (time.perf_counter() - generating)
+            context.log.info(f"profiles {len(results)}/{len(plan.stale)} ({rate:.2f} users/s)")
+    seconds = time.perf_counter() - generating
+    current = plan.reused | {result.user_id: result.profile for result in results}
+    table = pd.DataFrame(
+        {
+            "user_id": list(current),
+            "profile_json": [profile.model_dump_json() for profile in current.values()],
+            "regenerated": [user_id not in plan.reused for user_id in current],
+        }
+    )
+    with warehouse.connect() as con:
+        con.register("current", table)
+        con.execute("CREATE OR REPLACE TABLE current_user_profiles AS SELECT * FROM current ORDER BY user_id")
+        con.unregister("current")
+    statuses = pd.Series([result.status.value for result in results], dtype="string").value_counts().to_dict()
+    new_tokens = sum(result.new_tokens for result in results)
+    prompt_tokens = sum(result.prompt_tokens - result.cached_tokens for result in results)
+    preview = pd.DataFrame(
+        [{"user_id": user_id, **profile.model_dump()} for user_id, profile in list(current.items())[:8]]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(table),
+            "regenerated": plan.summary.regenerated,
+            "reused": plan.summary.reused,
+            "statuses": {status: int(count) for status, count in statuses.items()},
+            "model": settings.model_id,
+            "prompt_version": prompt.version,
+            "users_per_second": round(len(results) / seconds, 3) if results else 0.0,
+            "generated_tokens_per_second": round(new_tokens / seconds, 1) if results else 0.0,
+            "prompt_tokens_computed": prompt_tokens,
+            "preview": dg.MetadataValue.md(markdown_preview(preview, 8)),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+def _encoder(llm: LlmResource) -> TextEncoder:
+    return TextEncoder(TextEncoderConfig(device=llm.device, batch_size=llm.encoder_batch_size))
+
+
+@dg.asset(group_name=GROUP, deps=[interaction_graph, items], kinds={"transformers"})
+def item_text_embeddings(
+    llm: LlmResource, warehouse: WarehouseResource, checkpoints: CheckpointStoreResource
+) -> dg.MaterializeResult:
+    """all-MiniLM-L6-v2 embeddings of each item's catalog text (title, categories, brand, description),
+    in the graph's item order; each distinct text is encoded once, then cached in DuckDB."""
+    started = time.perf_counter()
+    graph = load_graph(checkpoints)
+    encoder = _encoder(llm)
+    with warehouse.connect() as con:
+        texts = item_texts(con.execute("SELECT * FROM items").df(), graph.item_ids)
+        vectors, stats = embed_with_cache(texts, encoder, con)
+    path = checkpoints.folder("item_text_embeddings") / ITEM_TEXT_FILE
+    save_tensors(path, {"item_text": vectors}, {"encoder": encoder.model_id, "n_items": graph.n_items})
+    return dg.MaterializeResult(
+        metadata={
+            "items": graph.n_items,
+            "dim": encoder.dim,
+            "encoded": stats.computed,
+            "reused": stats.reused,
+            "example": texts[0] if texts else "",
+            "file": dg.MetadataValue.path(str(path)),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, deps=[interaction_graph, user_profiles], kinds={"transformers"})
+def profile_embeddings(
+    llm: LlmResource, warehouse: WarehouseResource, checkpoints: CheckpointStoreResource
+) -> dg.MaterializeResult:
+    """One embedding per user and profile facet (DynLLM), [n_users, facets, dim] in the graph's user
+    order, with a mask of the users that have a profile; texts cached by hash like the items'."""
+    started = time.perf_counter()
+    graph = load_graph(checkpoints)
+    encoder = _encoder(llm)
+    with warehouse.connect() as con:
+        rows = con.execute("SELECT user_id, profile_json FROM current_user_profiles").fetchall()
+        profiles = {str(user_id): UserProfile.model_validate_json(text) for user_id, text in rows}
+        users = [index for index, user_id in enumerate(map(str, graph.user_ids)) if user_id in profiles]
+        texts = [text for index in users for text in facet_texts(profiles[str(graph.user_ids[index])])]
+        vectors, stats = embed_with_cache(texts, encoder, con)
+    facets = torch.zeros(graph.n_users, len(FACETS), encoder.dim)
+    facets[users] = vectors.view(len(users), len(FACETS), encoder.dim)
+    mask = torch.zeros(graph.n_users, dtype=torch.bool)
+    mask[users] = True
+    path = checkpoints.folder("profile_embeddings") / PROFILE_FILE
+    save_tensors(path, {"facets": facets, "mask": mask}, {"encoder": encoder.model_id, "facets": list(FACETS)})
+    return dg.MaterializeResult(
+        metadata={
+            "users_with_profile": len(users),
+            "users": graph.n_users,
+            "facets": list(FACETS),
+            "encoded": stats.computed,
+            "reused": stats.reused,
+            "file": dg.MetadataValue.path(str(path)),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+class TextTowerConfig(dg.Config, TextTowerParams, TrainParams):
+    use_profiles: bool = True
+    """Feed each user's mean profile-facet embedding to the user side, next to their history's texts."""
+
+
+@dg.asset(
+    group_name="training",
+    deps=[interaction_graph, item_text_embeddings, profile_embeddings],
+    kinds={"pytorch", "mlflow"},
+    pool=GPU_POOL,
+)
+def llm_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: TextTowerConfig,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+) -> dg.MaterializeResult:
+    """The text tower: projection heads aligning item-text and profile embeddings with interactions
+    (BPR, early-stopped on validation NDCG@20). Items are scored from text alone, so cold items too."""
+    graph = load_graph(checkpoints)
+    item_text = load_tensors(checkpoints.folder("item_text_embeddings") / ITEM_TEXT_FILE)[0]["item_text"]
+    profile_text = None
+    if config.use_profiles:
+        tensors = load_tensors(checkpoints.folder("profile_embeddings") / PROFILE_FILE)[0]
+        profile_text = tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1)
+    digest = hashlib.sha256(item_text.numpy().tobytes())
+    if profile_text is not None:
+        digest.update(profile_text.numpy().tobytes())
+    fingerprint = f"{graph.fingerprint()}-{digest.hexdigest()[:16]}"
+    model, train = TextTowerParams.model_validate(config.model_dump()), TrainParams.model_validate(config.model_dump())
+    accelerator = accelerator_for(gpu.device())
+    return _train_embeddings(
+        context,
+        "llm",
+        config,
+        graph,
+        fingerprint,
+        lambda state_dir, on_epoch: train_text_tower(
+            graph, item_text, profile_text, model, train, state_dir, on_epoch, accelerator
+        ),
+        checkpoints,
+        mlflow,
+    )

@@ -1,0 +1,150 @@
+"""What fusion sees of its towers at one time cut: comparable scores and each pair's context.
+
+A tower scores every item for a user: r(u, i) = <p_u, q_i> for an embedding tower, r(u, i) = q_i
+for a user-independent one (popularity). Scales differ (dot products, event counts), so each
+tower is standardized per user over all items, which also makes a user's scores from different
+towers comparable:
+
+    z_t(u, i) = (r_t(u, i) - mean_j r_t(u, j)) / std_j r_t(u, j)        (a zero std counts as 1)
+
+A pair's context is its user's segment times its item's segment, as `evaluation/segments.py`
+defines them, from the events before the cut (at the validation cut: the training split):
+
+    c(u, i) = 3 * [u warm] + {0: cold item, 1: head item, 2: tail item}[i]      (6 contexts)
+
+and its activity features are log1p of the user's and the item's event counts before the cut,
+divided by their maxima (so both lie in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from grec_dagster.evaluation.segments import item_segments_from_counts
+
+USER_CONTEXTS = ("cold_users", "warm_users")
+ITEM_CONTEXTS = ("cold_items", "head_items", "tail_items")
+CONTEXTS = tuple(f"{user}/{item}" for user in USER_CONTEXTS for item in ITEM_CONTEXTS)
+"""Context c = 3 * user index + item index, named `<user segment>/<item segment>`."""
+SCORE_BUDGET = 1 << 22
+"""Floats of one [users, items, towers] block; bounds memory on large catalogs."""
+
+
+@dataclass(frozen=True)
+class Tower:
+    """One tower at one cut: r(u, i) = <user_vectors[u], item_vectors[i]>, or item_vectors[i]
+    when `user_vectors` is None."""
+
+    name: str
+    item_vectors: Tensor
+    user_vectors: Tensor | None = None
+
+    def scores(self, users: Tensor) -> Tensor:
+        """[len(users), n_items]."""
+        if self.user_vectors is None:
+            return self.item_vectors.unsqueeze(0).expand(len(users), -1)
+        return self.user_vectors[users] @ self.item_vectors.T
+
+    def pair_scores(self, users: Tensor, items: Tensor) -> Tensor:
+        """r(users[k], items[k]) for each k."""
+        if self.user_vectors is None:
+            return self.item_vectors[items]
+        return (self.user_vectors[users] * self.item_vectors[items]).sum(-1)
+
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """Fusion's inputs for a set of (user, item) pairs of any shape S: z [*S, T], the rest [*S]."""
+
+    z: Tensor
+    context: Tensor
+    items: Tensor
+    user_activity: Tensor
+    item_activity: Tensor
+
+
+@dataclass(frozen=True)
+class TowerInputs:
+    """The towers at one cut, with the event counts before it that define contexts and activity."""
+
+    towers: tuple[Tower, ...]
+    user_counts: Tensor
+    item_counts: Tensor
+
+    @property
+    def names(self) -> list[str]:
+        return [tower.name for tower in self.towers]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_counts)
+
+    def raw(self, users: Tensor) -> Tensor:
+        """[len(users), n_items, T] raw scores."""
+        return torch.stack([tower.scores(users).float() for tower in self.towers], dim=-1)
+
+    def moments(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """Per user and tower, the mean and std of its scores over all items: [len(users), T] each."""
+        step = self.user_chunk()
+        means, stds = [], []
+        for start in range(0, len(users), step):
+            mean, std = _moments(self.raw(users[start : start + step]))
+            means.append(mean)
+            stds.append(std)
+        return torch.cat(means), torch.cat(stds)
+
+    def user_chunk(self) -> int:
+        """Users per block of raw scores within `SCORE_BUDGET`."""
+        return max(1, SCORE_BUDGET // (self.n_items * len(self.towers)))
+
+    def all_items(self, users: Tensor) -> PairFeatures:
+        """Features of every (user, item) pair for `users`: shape [len(users), n_items]."""
+        raw = self.raw(users)
+        mean, std = _moments(raw)
+        items = torch.arange(self.n_items).unsqueeze(0).expand(len(users), -1)
+        return self._features((raw - mean.unsqueeze(1)) / std.unsqueeze(1), users.unsqueeze(1), items)
+
+    def pairs(self, users: Tensor, items: Tensor, mean: Tensor, std: Tensor) -> PairFeatures:
+        """Features of the pairs (users[k], items[k]); `mean`, `std` are `moments(users)`."""
+        raw = torch.stack([tower.pair_scores(users, items).float() for tower in self.towers], dim=-1)
+        return self._features((raw - mean) / std, users, items)
+
+    def _features(self, z: Tensor, users: Tensor, items: Tensor) -> PairFeatures:
+        user_warm = (self.user_counts[users] > 0).long()
+        return PairFeatures(
+            z=z,
+            context=(len(ITEM_CONTEXTS) * user_warm + self.item_context[items]).expand(items.shape),
+            items=items,
+            user_activity=self.user_activity[users].expand(items.shape),
+            item_activity=self.item_activity[items],
+        )
+
+    @cached_property
+    def item_context(self) -> Tensor:
+        segments = item_segments_from_counts(self.item_counts)
+        context = torch.zeros(self.n_items, dtype=torch.long)
+        for index, name in enumerate(ITEM_CONTEXTS):
+            context[segments[name]] = index
+        return context
+
+    @cached_property
+    def user_activity(self) -> Tensor:
+        return _scaled_log(self.user_counts)
+
+    @cached_property
+    def item_activity(self) -> Tensor:
+        return _scaled_log(self.item_counts)
+
+
+def _moments(raw: Tensor) -> tuple[Tensor, Tensor]:
+    mean, std = raw.mean(dim=1), raw.std(dim=1)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def _scaled_log(counts: Tensor) -> Tensor:
+    logs = torch.log1p(counts.float())
+    return logs / logs.max().clamp(min=1.0)

@@ -1,0 +1,84 @@
+"""The text tower on an interaction graph: frozen text embeddings and BPR triples in, embeddings out.
+
+Which pairs make a user's history (the mean of its items' text embeddings):
+
+- training batches and validation (early stopping): TRAIN pairs only, since validation ranks
+  the VALID pairs (a batch's positive is left out of its own user's mean, see the model);
+- the final embeddings, which the test split is ranked with: TRAIN + VALID pairs. By the test
+  period the valid events have happened, and the evaluator removes them from the ranking as
+  history. The embeddings at the validation cut (TRAIN histories) are returned as well.
+
+Item vectors depend on text only, so they are the same at both cuts, and an item first met
+after training (a cold item) gets its vector like any other. For that reason negatives are drawn
+only among items with a TRAIN event: an item without one is never a positive, so as a negative
+it would teach the tower that its very text is disliked, and cold items are the ones the tower
+is for (their future does not exist when a real model trains).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
+from grec_dagster.models.text_tower import TextTower, TextTowerParams
+from grec_dagster.training.bpr import BPRSampler
+from grec_dagster.training.embeddings import BPRObjective, EmbedFn, TrainedEmbeddings
+from grec_dagster.training.loop import EpochCallback, TrainParams, fit
+
+
+class TrainedItemsObjective(BPRObjective):
+    """`BPRObjective` whose negatives are drawn uniformly among the items with a TRAIN event."""
+
+    def __init__(self, graph: InteractionGraph, batch_size: int, embed: EmbedFn, n_negatives: int = 1):
+        super().__init__(graph, batch_size, embed, n_negatives)
+        self.trained_items = torch.nonzero(graph.train_item_counts > 0).squeeze(1)
+        keys = graph.pairs(TRAIN)
+        local = torch.searchsorted(self.trained_items, keys % graph.n_items)  # order-preserving: keys stay sorted
+        count = len(self.trained_items)
+        self.sampler = BPRSampler(keys // graph.n_items * count + local, count, batch_size, n_negatives)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, ...]]:
+        for users, positives, negatives in self.sampler.epoch(generator):
+            yield users, self.trained_items[positives], self.trained_items[negatives]
+
+
+def train_text_tower(
+    graph: InteractionGraph,
+    item_text: Tensor,
+    profile_text: Tensor | None,
+    params: TextTowerParams,
+    train: TrainParams,
+    checkpoint_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    accelerator: Accelerator | None = None,
+) -> TrainedEmbeddings:
+    """Fit on TRAIN, early-stop on VALID, then embed users from their TRAIN + VALID histories.
+
+    `item_text` [n_items, d] and `profile_text` [n_users, d'] (zero rows: no profile; None: no
+    profiles at all) are rows in the graph's dense id order, e.g.
+    `TextEncoder().encode(item_texts(items, graph.item_ids))` (`grec_dagster.llm`).
+    """
+    if len(item_text) != graph.n_items:
+        raise ValueError(f"item_text has {len(item_text)} rows for {graph.n_items} items")
+    torch.manual_seed(train.seed)
+    model = TextTower(item_text, profile_text, graph.n_users, graph.pairs(TRAIN), params)
+    result = fit(
+        model,
+        TrainedItemsObjective(graph, train.batch_size, lambda module: module.embed_all(), params.negatives),
+        train,
+        checkpoint_dir=checkpoint_dir,
+        on_epoch=on_epoch,
+        accelerator=accelerator,
+        description="text_tower",
+    )
+    model.load_state_dict(result.best_state)
+    model.eval()
+    valid_users, items = model.embed_all()
+    model.set_history(graph.pairs(TRAIN, VALID))
+    users, _ = model.embed_all()
+    return TrainedEmbeddings(users, items, result, valid_users, items.clone())  # safetensors refuses shared storage

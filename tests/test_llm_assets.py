@@ -1,0 +1,88 @@
+"""The LLM layer's assets through Dagster, with the packaged SmolLM2 and MiniLM weights: profiles are
+written for every user and only the users whose history changed are written again."""
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from grec_dagster.definitions import build_definitions
+from grec_dagster.llm.profile_schema import UserProfile
+from grec_dagster.llm.texts import FACETS
+from grec_dagster.training.checkpoints import load_tensors
+
+UPSTREAM = ["raw_interactions", "items", "users", "interaction_graph", "user_histories"]
+SMALL_SHOP = {"source": {"kind": "synthetic", "synthetic_interactions": 1500, "synthetic_days": 30}}
+
+
+def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, *names: str) -> dg.ExecuteInProcessResult:
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets(*names),
+        resources=defs.resources,
+        instance=instance,
+    )
+    assert result.success
+    return result
+
+
+def metadata(result: dg.ExecuteInProcessResult, name: str) -> dict:
+    return {key: value.value for key, value in result.asset_materializations_for_node(name)[0].metadata.items()}
+
+
+@pytest.fixture
+def profiled(grec_home: Path) -> tuple[dg.Definitions, dg.DagsterInstance, dict]:
+    defs = build_definitions(SMALL_SHOP)
+    instance = dg.DagsterInstance.get()
+    materialize(defs, instance, *UPSTREAM)
+    first = metadata(materialize(defs, instance, "user_profiles"), "user_profiles")
+    return defs, instance, first
+
+
+def test_every_user_gets_a_valid_profile_and_facet_embeddings(profiled, grec_home: Path) -> None:
+    defs, instance, first = profiled
+    with duckdb.connect(str(grec_home / "warehouse.duckdb"), read_only=True) as con:
+        users = con.execute("SELECT count(*) FROM user_histories").fetchone()[0]
+        profiles = con.execute("SELECT profile_json FROM current_user_profiles").fetchall()
+        categories = {row[0] for row in con.execute("SELECT DISTINCT category FROM items").fetchall()}
+    assert first["regenerated"] == users == len(profiles) > 0 and first["reused"] == 0
+    assert sum(first["statuses"].values()) == users
+    known = {part for value in categories if value for part in value.split("|")}
+    for (text,) in profiles:
+        assert set(UserProfile.model_validate_json(text).categories) <= known
+
+    done = materialize(defs, instance, "item_text_embeddings", "profile_embeddings")
+    item_text = load_tensors(grec_home / "checkpoints" / "item_text_embeddings" / "item_text.safetensors")[0]
+    facets = load_tensors(grec_home / "checkpoints" / "profile_embeddings" / "profile_embeddings.safetensors")[0]
+    assert item_text["item_text"].shape[1] == 384
+    assert facets["facets"].shape[1:] == (len(FACETS), 384)
+    assert int(facets["mask"].sum()) == users
+    norms = facets["facets"][facets["mask"]].norm(dim=-1)
+    assert ((norms - 1).abs() < 1e-3).all()  # unit vectors: a real encoder ran on every facet
+    assert metadata(done, "profile_embeddings")["users_with_profile"] == users
+
+
+def test_new_interactions_for_five_users_regenerate_exactly_their_profiles(profiled, grec_home: Path) -> None:
+    defs, instance, first = profiled
+    with duckdb.connect(str(grec_home / "warehouse.duckdb")) as con:
+        changed = [row[0] for row in con.execute("SELECT user_id FROM user_histories ORDER BY user_id LIMIT 5").fetchall()]
+        # Five users each buy one more item, on the day before their latest training event: it lands
+        # in the training split and in the window of recent events the prompt shows.
+        con.execute(
+            """INSERT INTO event_splits BY NAME
+               SELECT e.* REPLACE (
+                   (SELECT min(item_id) FROM items WHERE item_id NOT IN
+                       (SELECT item_id FROM event_splits s WHERE s.user_id = e.user_id)) AS item_id,
+                   e.ts - INTERVAL 1 DAY AS ts)
+               FROM (SELECT * FROM event_splits WHERE split = 'train' AND user_id IN (SELECT unnest(?))
+                     QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC) = 1) AS e""",
+            [changed],
+        )
+    materialize(defs, instance, "user_histories")
+    second = metadata(materialize(defs, instance, "user_profiles"), "user_profiles")
+    assert second["regenerated"] == 5
+    assert second["reused"] == first["regenerated"] - 5
+    with duckdb.connect(str(grec_home / "warehouse.duckdb"), read_only=True) as con:
+        again = {row[0] for row in con.execute("SELECT user_id FROM current_user_profiles WHERE regenerated").fetchall()}
+    assert again == {str(user) for user in changed}
