@@ -111,10 +111,16 @@ def top_picks(
     fusion: Fusion, inputs: TowerInputs, users: Tensor, seen: Tensor, k: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Each user's `k` best items by fused score, leaving out `seen` (sorted `user * n_items + item`
-    keys): items, scores and the driving tower (largest contribution), each [len(users), k].
+    keys): items, scores and the driving tower (largest contribution), each [len(users), k];
+    `users` must be distinct.
     A user with fewer than `k` unseen items gets -inf scores in the remaining places."""
     n_items = inputs.n_items
     k = min(k, n_items)
+    if len(users.unique()) != len(users):
+        raise ValueError("top_picks needs distinct users")
+    if not len(users):
+        empty = torch.empty(0, k, dtype=torch.long)
+        return empty, empty.float(), empty
     seen_users, seen_items = seen // n_items, seen % n_items
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
     step = inputs.user_chunk()
