@@ -23,6 +23,7 @@ from grec_dagster.models.towers import CONTEXTS, TowerInputs
 from grec_dagster.resources import CheckpointStoreResource, MlflowResource, WarehouseResource
 from grec_dagster.training.checkpoints import write_json
 from grec_dagster.training.grokking import GrokkingEvent
+from grec_dagster.training.grokking_wiring import check_grokking, record_grokking
 from grec_dagster.training.loop import TrainParams
 from grec_dagster.training.runs import latest_history
 from grec_dagster.training.train_fusion import (
@@ -145,6 +146,8 @@ def fusion_checkpoint(
                 "stop_ndcg@20_after_shift": trained.stop_ndcg_after_shift,
             }
         )
+        grokking = check_grokking("fusion", trained.result.history)  # the gates' own training, like any run
+        record_grokking(grokking, run, folder)
         curves = _tower_curves(mlflow, list(paths), events)
         bars = segment_bars(test)
         for name, png in (("tower_training_curves.png", curves), ("fusion_segments.png", bars)):
@@ -164,6 +167,7 @@ def fusion_checkpoint(
             "context_gates": dg.MetadataValue.md(markdown_preview(_gate_table(trained.gated, trained.towers), 10)),
             "grokking_shifts": dg.MetadataValue.json(shifts),
             "grokking_shift_applied": bool(shifts),
+            **{f"grokking.{segment}": verdict for segment, verdict in grokking.verdicts.items()},
             "test": dg.MetadataValue.md(markdown_preview(headline_table(test))),
             "tower_training_curves": dg.MetadataValue.md(markdown_image(curves, "tower training curves")),
             "segments": dg.MetadataValue.md(markdown_image(bars, "NDCG@20 per segment")),

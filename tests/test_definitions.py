@@ -51,6 +51,11 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
         temporal = result.asset_materializations_for_node("temporal_checkpoint")[0].metadata
         assert 0 < temporal["test_next_interaction_mrr"].value <= 1
         assert temporal["grokking.all"].value == NONE_DETECTED  # too few epochs to grok: said explicitly
+        fusion = result.asset_materializations_for_node("fusion_checkpoint")[0].metadata
+        assert fusion["grokking.all"].value == NONE_DETECTED
+        assert set(fusion["towers"].value) == {"popularity", "lightgcn", "graphsage", "temporal", "llm"}
+        recommendations = result.asset_materializations_for_node("recommendations")[0].metadata
+        assert recommendations["rows"].value > 0
         assert instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")) is not None
     with duckdb.connect(str(grec_home / "warehouse.duckdb"), read_only=True) as con:
         models = {row[0] for row in con.execute("SELECT DISTINCT model FROM evaluation_results").fetchall()}

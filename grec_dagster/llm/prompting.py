@@ -5,10 +5,8 @@ A template lives in `prompts/<name>.txt` with a `[system]` and a `[user]` sectio
 text, so editing a template without renaming it still invalidates cached profiles.
 
 Item text comes from the catalog and may say anything, so it enters the prompt only as data:
-one compact JSON array per line (`["title",["category",...],"brand"]`) inside a <history> block,
-with `<`, `>` and `&` escaped so no item can close the block or open a tag of its own. Arrays rather
-than keyed objects: the keys cost ~30% of a history's tokens, and prompt tokens are most of what a
-CPU spends on a profile.
+one JSON object per line inside a <history> block, with `<`, `>` and `&` escaped so no item can
+close the block or open a tag of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from string import Template
 
 from grec_dagster.llm.profile_schema import MAX_BRANDS, MAX_CATEGORIES, MAX_INTERESTS, UserHistory
 
-DEFAULT_PROMPT = "profile_v2"
+DEFAULT_PROMPT = "profile_v1"
 
 ChatMessages = list[dict[str, str]]
 
@@ -68,6 +66,8 @@ def render_history(history: UserHistory) -> str:
 
 
 def _data_line(title: str, categories: list[str], brand: str | None) -> str:
-    item: list[object] = [title, categories, brand] if brand else [title, categories]
-    encoded = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    item: dict[str, object] = {"title": title, "categories": categories}
+    if brand:
+        item["brand"] = brand
+    encoded = json.dumps(item, ensure_ascii=False)
     return encoded.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
