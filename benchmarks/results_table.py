@@ -35,6 +35,19 @@ RECBOLE_LIGHTGCN = {"recall@10": 0.261, "ndcg@10": 0.305, "recall@20": 0.379, "n
 """RecBole 1.2.1 LightGCN, default settings, ML-100K random 8:1:1 (the foundation issue's reference)."""
 BASELINE_ONLY = "raw_interactions items users interaction_graph popularity_baselines lightgcn_checkpoint evaluation_report"
 COLUMNS = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@20"]
+MODEL_ORDER = [
+    "most_popular",
+    "most_popular_recent",
+    "lightgcn",
+    "graphsage",
+    "temporal",
+    "temporal_profiles",
+    "llm",
+    "popularity_tower",
+    "static_fusion",
+    "gated_fusion",
+]
+"""Baselines, then each tower alone, then the fusions."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ def read_results(warehouse: Path) -> pd.DataFrame:
 
 def headline(results: pd.DataFrame, segment: str = "all") -> pd.DataFrame:
     table = headline_table(results[results["split"] == "test"], segment=segment).set_index("model")
-    return table[[c for c in COLUMNS if c in table.columns]]
+    return table.reindex([m for m in MODEL_ORDER if m in table.index])[[c for c in COLUMNS if c in table.columns]]
 
 
 def metric(results: pd.DataFrame, model: str, name: str, segment: str = "all") -> float:
@@ -115,14 +128,15 @@ def report(by_run: dict[Run, pd.DataFrame]) -> str:
         rows = {}
         for run, results in random_runs.items():
             table = headline(results)
-            for model in ("most_popular", "lightgcn"):
+            for model in ("most_popular", "most_popular_recent", "lightgcn"):
                 if model in table.index:
                     rows[(model, f"seed {run.seed}")] = table.loc[model]
         seeds = pd.DataFrame(rows).T
         means = seeds.groupby(level=0).mean()
-        means.index = pd.MultiIndex.from_product([means.index, ["mean"]])
+        means.index = pd.MultiIndex.from_product([means.index, ["mean of seeds"]])
         recbole = pd.DataFrame([RECBOLE_LIGHTGCN], index=pd.MultiIndex.from_tuples([("RecBole 1.2.1 LightGCN", "reported")]))
         combined = pd.concat([seeds, means, recbole]).sort_index(level=0, sort_remaining=True)
+        combined.index = [f"{model}, {which}" for model, which in combined.index]
         lines += ["### Random 8:1:1 over split seeds, against RecBole's LightGCN", "", combined.round(4).to_markdown(), ""]
     return "\n".join(lines)
 
