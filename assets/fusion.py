@@ -12,7 +12,7 @@ from pydantic import Field
 from assets.graph import interaction_graph, load_graph
 from assets.ingestion import items
 from assets.llm import llm_checkpoint
-from assets.temporal import temporal_checkpoint
+from assets.temporal import temporal_checkpoint, temporal_profiles_checkpoint
 from assets.training import graphsage_checkpoint, lightgcn_checkpoint
 from grec_dagster.evaluation.evaluator import evaluate, ranking_task
 from grec_dagster.evaluation.plots import markdown_image, segment_bars, training_curves
@@ -90,7 +90,14 @@ def _tower_curves(mlflow: MlflowResource, towers: list[str], events: dict[str, l
 
 @dg.asset(
     group_name=GROUP,
-    deps=[interaction_graph, lightgcn_checkpoint, graphsage_checkpoint, temporal_checkpoint, llm_checkpoint],
+    deps=[
+        interaction_graph,
+        lightgcn_checkpoint,
+        graphsage_checkpoint,
+        temporal_checkpoint,
+        temporal_profiles_checkpoint,
+        llm_checkpoint,
+    ],
     kinds={"pytorch", "mlflow"},
 )
 def fusion_checkpoint(
