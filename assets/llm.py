@@ -1,7 +1,6 @@
 """Stage 4, the LLM layer: user profiles a causal LM writes from purchase histories, text
 embeddings of items and profile facets, and the text tower trained on them."""
 
-import hashlib
 import time
 
 import dagster as dg
@@ -28,7 +27,7 @@ from grec_dagster.resources import (
     MlflowResource,
     WarehouseResource,
 )
-from grec_dagster.training.checkpoints import load_tensors, save_tensors
+from grec_dagster.training.checkpoints import load_tensors, save_tensors, tensor_fingerprint
 from grec_dagster.training.devices import accelerator_for
 from grec_dagster.training.loop import TrainParams
 from grec_dagster.training.train_text_tower import train_text_tower
@@ -195,10 +194,8 @@ def llm_checkpoint(
     if config.use_profiles:
         tensors = load_tensors(checkpoints.folder("profile_embeddings") / PROFILE_FILE)[0]
         profile_text = tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1)
-    digest = hashlib.sha256(item_text.numpy().tobytes())
-    if profile_text is not None:
-        digest.update(profile_text.numpy().tobytes())
-    fingerprint = f"{graph.fingerprint()}-{digest.hexdigest()[:16]}"
+    inputs = (item_text,) if profile_text is None else (item_text, profile_text)
+    fingerprint = f"{graph.fingerprint()}-{tensor_fingerprint(*inputs)}"
     model, train = TextTowerParams.model_validate(config.model_dump()), TrainParams.model_validate(config.model_dump())
     accelerator = accelerator_for(gpu.device())
     return _train_embeddings(

@@ -1,6 +1,5 @@
 """Stage 3, training: popularity baselines and the LightGCN and GraphSAGE checkpoints, each tracked in MLflow."""
 
-import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from grec_dagster.models.graphsage import GraphSAGEParams
 from grec_dagster.models.lightgcn import LightGCNParams
 from grec_dagster.models.popularity import most_popular, most_popular_recent
 from grec_dagster.resources import GPU_POOL, CheckpointStoreResource, GpuResource, MlflowResource, WarehouseResource
-from grec_dagster.training.checkpoints import resumable_state_dir, save_tensors, write_json
+from grec_dagster.training.checkpoints import resumable_state_dir, save_tensors, tensor_fingerprint, write_json
 from grec_dagster.training.devices import accelerator_for
 from grec_dagster.training.embeddings import TrainedEmbeddings, save_embeddings
 from grec_dagster.training.grokking_wiring import check_grokking, record_grokking
@@ -145,7 +144,7 @@ def graphsage_checkpoint(
     with warehouse.connect(read_only=True) as con:
         item_x = item_features(con.execute("SELECT * FROM items").df(), graph.item_ids)
         user_x = user_features(con.execute("SELECT * FROM users").df(), graph.user_ids)
-    features = hashlib.sha256(user_x.numpy().tobytes() + item_x.numpy().tobytes()).hexdigest()[:16]
+    features = tensor_fingerprint(user_x, item_x)
     model, train = GraphSAGEParams.model_validate(config.model_dump()), TrainParams.model_validate(config.model_dump())
     accelerator = accelerator_for(gpu.device())
     return _train_embeddings(

@@ -26,14 +26,13 @@ A user without a profile (mask false) skips all of it: h'_u = h_u exactly.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from grec_dagster.training.checkpoints import load_tensors
+from grec_dagster.training.checkpoints import load_tensors, tensor_fingerprint
 
 
 @dataclass(frozen=True)
@@ -54,9 +53,7 @@ class ProfileFacets:
         return cls(tensors["facets"].float(), tensors["mask"].bool())
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(self.facets.numpy().tobytes())
-        digest.update(self.mask.numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return tensor_fingerprint(self.facets, self.mask)
 
 
 class ProfileFusion(nn.Module):

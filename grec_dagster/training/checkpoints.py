@@ -29,6 +29,15 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
     os.replace(partial, path)
 
 
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """A short digest of the tensors' bytes, in order: resumable training state keyed by it starts
+    afresh when its inputs change."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads((handle.metadata() or {}).get(META_KEY, "{}"))
