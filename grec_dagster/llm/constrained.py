@@ -7,7 +7,7 @@ SmolLM2's 49k-token vocabulary, the profile schema with an 18-genre catalog and 
 300-category / 2,000-brand one). xgrammar (C++ pushdown automaton with a token-mask cache; the
 structured-output engine of vLLM and SGLang) compiles the profile schema in ~4 s, almost all of it
 the bounded strings -- a second catalog reuses them and compiles in 0.3 s -- then masks in
-0.02-0.3 ms per token, ships a transformers `LogitsProcessor`, and supports every keyword we rely
+0.02-0.3 ms per token, keeps one matcher per row (so rows can leave a batch early), and supports every keyword we rely
 on (enum, minLength/maxLength, minItems/maxItems, fixed separators). lm-format-enforcer (a pure
 Python character-level parser) supports the same keywords but masks in ~2 ms per token *per
 sequence* -- ~30 ms a step at batch 16, on top of the model's own decode step -- and its
@@ -24,8 +24,7 @@ import json
 from typing import Any
 
 import xgrammar as xgr
-from transformers import LogitsProcessor, PreTrainedTokenizerBase
-from xgrammar.contrib.hf import LogitsProcessor as GrammarLogitsProcessor
+from transformers import PreTrainedTokenizerBase
 
 JSON_SEPARATORS = (",", ":")
 """Compact JSON with no free whitespace: fewer tokens, and no way to pad a profile with blanks."""
@@ -38,12 +37,12 @@ class JsonSchemaGrammars:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
         self._compiler = xgr.GrammarCompiler(info)
 
-    def logits_processor(self, schema: dict[str, Any]) -> LogitsProcessor:
-        """A fresh mask for one `generate` call (xgrammar's processor keeps per-row state)."""
+    def matchers(self, schema: dict[str, Any], count: int) -> list[xgr.GrammarMatcher]:
+        """One fresh matcher per row: each tracks where its row is in the schema."""
         compiled = self._compiler.compile_json_schema(
             json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS
         )
-        return GrammarLogitsProcessor(compiled)
+        return [xgr.GrammarMatcher(compiled) for _ in range(count)]
 
 
 def close_truncated_json(prefix: str) -> str:

@@ -5,21 +5,28 @@ A template lives in `prompts/<name>.txt` with a `[system]` and a `[user]` sectio
 text, so editing a template without renaming it still invalidates cached profiles.
 
 Item text comes from the catalog and may say anything, so it enters the prompt only as data:
-one JSON object per line inside a <history> block, with `<`, `>` and `&` escaped so no item can
-close the block or open a tag of its own.
+JSON inside a <history> block, with `<`, `>` and `&` escaped so no item can close the block or
+open a tag of its own. `profile_v1` shows one JSON object per event (title, categories, brand);
+`profile_v2` (the default) shows one JSON object for the whole history: its categories and brands
+most frequent first, then the titles. That is 1.8x fewer tokens of history (138 vs 254 for 8
+events), and it hands a small model the "most frequent" facets it would otherwise have to count:
+SmolLM2-135M then named the right categories for 5 of 5 test users (v1: 5 of 5; a variant with
+titles and a category count table: 2 of 5).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
 from grec_dagster.llm.profile_schema import MAX_BRANDS, MAX_CATEGORIES, MAX_INTERESTS, UserHistory
 
-DEFAULT_PROMPT = "profile_v1"
+DEFAULT_PROMPT = "profile_v2"
 
 ChatMessages = list[dict[str, str]]
 
@@ -32,9 +39,12 @@ class PromptTemplate:
     user: str
 
     def messages(self, history: UserHistory) -> ChatMessages:
-        """The chat for one user; placeholders are the history block and the schema's list bounds."""
+        """The chat for one user; a template uses any of these placeholders."""
         values = {
             "history": render_history(history),
+            "titles": render_titles(history),
+            "categories_by_frequency": as_data(by_frequency(c for event in history.events for c in event.categories)),
+            "brands_by_frequency": as_data(by_frequency(event.brand for event in history.events if event.brand)),
             "max_categories": MAX_CATEGORIES,
             "max_brands": MAX_BRANDS,
             "max_interests": MAX_INTERESTS,
@@ -65,9 +75,24 @@ def render_history(history: UserHistory) -> str:
     return "\n".join(_data_line(event.title, event.categories, event.brand) for event in history.events)
 
 
+def render_titles(history: UserHistory) -> str:
+    """The titles as JSON array elements, one per line, oldest first."""
+    return ",\n".join(as_data(event.title) for event in history.events)
+
+
+def by_frequency(values: Iterable[str]) -> list[str]:
+    """Distinct values, most frequent first (ties in first-seen order)."""
+    return [value for value, _ in Counter(values).most_common()]
+
+
 def _data_line(title: str, categories: list[str], brand: str | None) -> str:
     item: dict[str, object] = {"title": title, "categories": categories}
     if brand:
         item["brand"] = brand
-    encoded = json.dumps(item, ensure_ascii=False)
+    return as_data(item)
+
+
+def as_data(value: object) -> str:
+    """JSON text that cannot close or open a tag in the prompt."""
+    encoded = json.dumps(value, ensure_ascii=False)
     return encoded.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")

@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from grec_dagster.llm import decoding  # noqa: E402
 from grec_dagster.llm.backends import TransformersBackend, TransformersBackendConfig, smollm2_config  # noqa: E402
 from grec_dagster.llm.profile_schema import Catalog, HistoryEvent, UserHistory, UserProfile  # noqa: E402
 from grec_dagster.llm.profiles import ProfileResult, ProfileStatus, generate_profiles  # noqa: E402
@@ -125,6 +126,21 @@ def test_a_random_model_still_writes_complete_schema_valid_profiles(tiny: Transf
         assert 0 < result.new_tokens <= tiny.config.max_new_tokens
         assert 0 < result.cached_tokens < result.prompt_tokens  # the shared instructions ran once
         assert_valid_for(result, SHOP)
+
+
+def test_rows_that_finish_early_leave_the_batch_without_changing_any_row(
+    tiny: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropping finished rows from the batch and its cache after every step, or never, gives every
+    row the same tokens: the cache, mask and positions stay aligned with the rows they belong to."""
+    users = [history("kids", KIDS), history("horror", HORROR[:3]), history("scifi", SCIFI), history("r", ROMANCE)]
+    batch = tiny.reconfigured(batch_size=4)
+    monkeypatch.setattr(decoding, "COMPACT_FRACTION", 0.0)
+    always = generate_profiles(users, SHOP, batch)
+    monkeypatch.setattr(decoding, "COMPACT_FRACTION", 2.0)
+    never = generate_profiles(users, SHOP, batch)
+    assert [r.raw_text for r in always] == [r.raw_text for r in never]
+    assert len({r.new_tokens for r in never}) > 1  # rows did finish at different steps
 
 
 def test_a_profile_cut_short_by_the_budget_is_closed_and_completed_from_history(tiny: TransformersBackend) -> None:
