@@ -175,21 +175,28 @@ class TextTowerConfig(dg.Config, TextTowerParams, TrainParams):
 
 @dg.asset(
     group_name="training",
-    deps=[interaction_graph, item_text_embeddings, profile_embeddings],
+    deps=[interaction_graph, items, item_text_embeddings, profile_embeddings],
     kinds={"pytorch", "mlflow"},
     pool=GPU_POOL,
 )
 def llm_checkpoint(
     context: dg.AssetExecutionContext,
     config: TextTowerConfig,
+    warehouse: WarehouseResource,
     checkpoints: CheckpointStoreResource,
     mlflow: MlflowResource,
     gpu: GpuResource,
 ) -> dg.MaterializeResult:
     """The text tower: projection heads aligning item-text and profile embeddings with interactions
-    (BPR, early-stopped on validation NDCG@20). Items are scored from text alone, so cold items too."""
+    (BPR, early-stopped on validation NDCG@20), over frozen MiniLM item vectors or, with `encoder:
+    lora`, MiniLM with LoRA adapters trained alongside (kept in the checkpoint). Items are scored
+    from text alone, so cold items too."""
     graph = load_graph(checkpoints)
     item_text = load_tensors(checkpoints.folder("item_text_embeddings") / ITEM_TEXT_FILE)[0]["item_text"]
+    texts = None
+    if config.encoder == "lora":
+        with warehouse.connect(read_only=True) as con:
+            texts = item_texts(con.execute("SELECT * FROM items").df(), graph.item_ids)
     profile_text = None
     if config.use_profiles:
         tensors = load_tensors(checkpoints.folder("profile_embeddings") / PROFILE_FILE)[0]
@@ -205,7 +212,7 @@ def llm_checkpoint(
         graph,
         fingerprint,
         lambda state_dir, on_epoch: train_text_tower(
-            graph, item_text, profile_text, model, train, state_dir, on_epoch, accelerator
+            graph, item_text, profile_text, model, train, state_dir, on_epoch, accelerator, texts
         ),
         checkpoints,
         mlflow,

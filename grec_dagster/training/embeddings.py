@@ -4,7 +4,7 @@ objective for `fit`, and what their training leaves behind."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,7 +46,9 @@ class TrainedEmbeddings:
     The final embeddings are taken at the test cut. A model that reads events after training
     (GraphSAGE's and the temporal model's valid-period neighbors) also gives the embeddings it
     had at the validation cut, so a later stage fitted on validation events (fusion) sees the
-    tower as it was then; None means the two are the same.
+    tower as it was then; None means the two are the same. `weights` are model tensors the
+    checkpoint keeps as well, when the embeddings alone cannot be recomputed from it (the text
+    tower's heads and LoRA adapters, which encode items it has never seen).
     """
 
     user_embedding: torch.Tensor
@@ -54,16 +56,19 @@ class TrainedEmbeddings:
     result: TrainResult
     valid_user_embedding: torch.Tensor | None = None
     valid_item_embedding: torch.Tensor | None = None
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_embedding[users] @ self.item_embedding.T
 
 
 def save_embeddings(path: Path, trained: TrainedEmbeddings, config: dict) -> None:
-    """The checkpoint downstream stages read: final embeddings plus the config that made them."""
+    """The checkpoint downstream stages read: final embeddings plus the config that made them,
+    and the model's `weights` under `weights.`."""
     tensors = {"user_embedding": trained.user_embedding, "item_embedding": trained.item_embedding}
     if trained.valid_user_embedding is not None and trained.valid_item_embedding is not None:
         tensors["valid_user_embedding"] = trained.valid_user_embedding
         tensors["valid_item_embedding"] = trained.valid_item_embedding
+    tensors |= {f"weights.{name}": tensor for name, tensor in trained.weights.items()}
     meta = config | {"best_epoch": trained.result.best_epoch, "best_valid_ndcg@20": trained.result.best_metric}
     save_tensors(path, tensors, meta)

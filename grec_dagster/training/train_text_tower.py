@@ -13,6 +13,10 @@ after training (a cold item) gets its vector like any other. For that reason neg
 only among items with a TRAIN event: an item without one is never a positive, so as a negative
 it would teach the tower that its very text is disliked, and cold items are the ones the tower
 is for (their future does not exist when a real model trains).
+
+With the `lora` encoder the item vectors change as the adapters train: every item is re-encoded at
+the start of each epoch (for the history means) and before each validation, and the checkpoint
+keeps the adapters with the heads (`TrainedEmbeddings.weights`).
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ from torch import Tensor
 from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
 from grec_dagster.models.text_tower import TextTower, TextTowerParams
 from grec_dagster.training.bpr import BPRSampler
-from grec_dagster.training.embeddings import BPRObjective, EmbedFn, TrainedEmbeddings
+from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
 from grec_dagster.training.loop import EpochCallback, TrainParams, fit
 
 
-class TrainedItemsObjective(BPRObjective):
-    """`BPRObjective` whose negatives are drawn uniformly among the items with a TRAIN event."""
+class TextTowerObjective(BPRObjective):
+    """`BPRObjective` whose negatives are drawn uniformly among the items with a TRAIN event, and
+    whose epochs start from item vectors as the tower's encoder stands (`refresh_item_text`)."""
 
-    def __init__(self, graph: InteractionGraph, batch_size: int, embed: EmbedFn, n_negatives: int = 1):
-        super().__init__(graph, batch_size, embed, n_negatives)
+    def __init__(self, graph: InteractionGraph, model: TextTower, batch_size: int, n_negatives: int = 1):
+        super().__init__(graph, batch_size, lambda module: module.embed_all(), n_negatives)
+        self.model = model
         self.trained_items = torch.nonzero(graph.train_item_counts > 0).squeeze(1)
         keys = graph.pairs(TRAIN)
         local = torch.searchsorted(self.trained_items, keys % graph.n_items)  # order-preserving: keys stay sorted
@@ -43,6 +49,7 @@ class TrainedItemsObjective(BPRObjective):
         self.sampler = BPRSampler(keys // graph.n_items * count + local, count, batch_size, n_negatives)
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, ...]]:
+        self.model.refresh_item_text()
         for users, positives, negatives in self.sampler.epoch(generator):
             yield users, self.trained_items[positives], self.trained_items[negatives]
 
@@ -56,20 +63,22 @@ def train_text_tower(
     checkpoint_dir: Path | None = None,
     on_epoch: EpochCallback | None = None,
     accelerator: Accelerator | None = None,
+    texts: list[str] | None = None,
 ) -> TrainedEmbeddings:
     """Fit on TRAIN, early-stop on VALID, then embed users from their TRAIN + VALID histories.
 
     `item_text` [n_items, d] and `profile_text` [n_users, d'] (zero rows: no profile; None: no
     profiles at all) are rows in the graph's dense id order, e.g.
-    `TextEncoder().encode(item_texts(items, graph.item_ids))` (`grec_dagster.llm`).
+    `TextEncoder().encode(item_texts(items, graph.item_ids))` (`grec_dagster.llm`); the `lora`
+    encoder also needs those `texts`.
     """
     if len(item_text) != graph.n_items:
         raise ValueError(f"item_text has {len(item_text)} rows for {graph.n_items} items")
     torch.manual_seed(train.seed)
-    model = TextTower(item_text, profile_text, graph.n_users, graph.pairs(TRAIN), params)
+    model = TextTower(item_text, profile_text, graph.n_users, graph.pairs(TRAIN), params, texts)
     result = fit(
         model,
-        TrainedItemsObjective(graph, train.batch_size, lambda module: module.embed_all(), params.negatives),
+        TextTowerObjective(graph, model, train.batch_size, params.negatives),
         train,
         checkpoint_dir=checkpoint_dir,
         on_epoch=on_epoch,
@@ -81,4 +90,5 @@ def train_text_tower(
     valid_users, items = model.embed_all()
     model.set_history(graph.pairs(TRAIN, VALID))
     users, _ = model.embed_all()
-    return TrainedEmbeddings(users, items, result, valid_users, items.clone())  # safetensors refuses shared storage
+    # safetensors refuses shared storage, hence the clone
+    return TrainedEmbeddings(users, items, result, valid_users, items.clone(), model.trained_weights())

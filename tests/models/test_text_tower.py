@@ -39,6 +39,7 @@ class Shop:
     profile_text: Tensor
     cold_items: Tensor
     cold_users: Tensor
+    item_cluster: Tensor
 
 
 def _noisy(centroids: Tensor, rows: Tensor, noise: float, generator: torch.Generator) -> Tensor:
@@ -51,35 +52,42 @@ def shop() -> Shop:
     return make_shop()
 
 
-def make_shop(noise: float = 0.15) -> Shop:
+def make_shop(
+    noise: float = 0.15,
+    n_users: int = N_USERS,
+    n_items: int = N_ITEMS,
+    n_cold_items: int = N_COLD_ITEMS,
+    n_cold_users: int = N_COLD_USERS,
+) -> Shop:
+    """Item i is in cluster i % N_CLUSTERS; the default sizes are the shop the tests here use."""
     g = torch.Generator().manual_seed(0)
     centroids = F.normalize(torch.randn(N_CLUSTERS, D_TEXT, generator=g), dim=1)
-    item_cluster = torch.arange(N_ITEMS) % N_CLUSTERS
-    user_cluster = torch.randint(N_CLUSTERS, (N_USERS,), generator=g)
+    item_cluster = torch.arange(n_items) % N_CLUSTERS
+    user_cluster = torch.randint(N_CLUSTERS, (n_users,), generator=g)
     item_text = _noisy(centroids, item_cluster, noise, g)
     profile_text = _noisy(centroids, user_cluster, noise, g)
-    cold_items = torch.randperm(N_ITEMS, generator=g)[:N_COLD_ITEMS]
-    cold_users = torch.arange(N_USERS - N_COLD_USERS, N_USERS)
+    cold_items = torch.randperm(n_items, generator=g)[:n_cold_items]
+    cold_users = torch.arange(n_users - n_cold_users, n_users)
 
     # 90% of a user's events within their cluster, the rest anywhere; uniform within each.
-    users = torch.arange(N_USERS).repeat_interleave(EVENTS_PER_USER)
+    users = torch.arange(n_users).repeat_interleave(EVENTS_PER_USER)
     own = torch.rand(len(users), generator=g) < 0.9
-    slot = torch.randint(N_ITEMS // N_CLUSTERS, (len(users),), generator=g)
+    slot = torch.randint(n_items // N_CLUSTERS, (len(users),), generator=g)
     items = torch.where(
-        own, slot * N_CLUSTERS + user_cluster[users], torch.randint(N_ITEMS, (len(users),), generator=g)
+        own, slot * N_CLUSTERS + user_cluster[users], torch.randint(n_items, (len(users),), generator=g)
     )
     split = torch.multinomial(torch.tensor([0.7, 0.1, 0.2]), len(users), replacement=True, generator=g)
     split[torch.isin(items, cold_items) | torch.isin(users, cold_users)] = TEST
     graph = InteractionGraph(
-        user_ids=np.arange(N_USERS).astype(str).astype(object),
-        item_ids=np.arange(N_ITEMS).astype(str).astype(object),
+        user_ids=np.arange(n_users).astype(str).astype(object),
+        item_ids=np.arange(n_items).astype(str).astype(object),
         users=users,
         items=items,
         ts=torch.arange(len(users)),
         split=split.to(torch.uint8),
         protocol="random",
     )
-    return Shop(graph, item_text, profile_text, cold_items, cold_users)
+    return Shop(graph, item_text, profile_text, cold_items, cold_users, item_cluster)
 
 
 @pytest.fixture(scope="module")
