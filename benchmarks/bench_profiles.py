@@ -1,11 +1,15 @@
 """Profile generation with the packaged SmolLM2-135M on this machine, measured side by side in one run.
 
 Prints users/s and tokens/s for the batched path against a naive one-user-at-a-time loop on the
-same users, then a full run over `--users` synthetic MovieLens-like histories (the target: 943
-users -- MovieLens-100K -- in under 5 minutes), and the compute limit: the model FLOPs the run
-performed per second against a bf16 matmul measured on the same cores.
+same users, then a full run over the MovieLens-100K users (each user's `--events` most recent
+ratings, with real titles and genres; the target: all 943 in under 5 minutes), and the compute
+limit: the model FLOPs the run performed per second against a bf16 matmul measured on the same cores.
 
-    python benchmarks/bench_profiles.py [--users 943] [--events 20] [--batch-size 16] [--compare 16]
+    python benchmarks/bench_profiles.py [--users 943] [--events 10] [--batch-size 32] [--compare 16]
+                                        [--data movielens|synthetic]
+
+Decoding settings (token budget, repetition penalty, dtype) are the `llm` resource's defaults, so the
+run measures what `user_profiles` does.
 """
 
 from __future__ import annotations
@@ -17,14 +21,19 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from grec_dagster.llm.backends import ProfileBackend, TransformersBackend, smollm2_config  # noqa: E402
+from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k  # noqa: E402
+from grec_dagster.data.schema import CATEGORY_SEPARATOR  # noqa: E402
+from grec_dagster.home import default_paths  # noqa: E402
+from grec_dagster.llm.backends import ProfileBackend, TransformersBackend  # noqa: E402
 from grec_dagster.llm.profile_schema import Catalog, HistoryEvent, UserHistory  # noqa: E402
 from grec_dagster.llm.profiles import DEFAULT_MAX_EVENTS, ProfileResult, generate_profiles  # noqa: E402
+from grec_dagster.resources import LlmResource  # noqa: E402
 
 MOVIES = [
     ("Toy Story (1995)", "Animation|Children's|Comedy"),
@@ -89,6 +98,25 @@ def synthetic_histories(count: int, events: int, seed: int = 0) -> list[UserHist
     return histories
 
 
+def movielens_histories(events: int) -> tuple[list[UserHistory], Catalog]:
+    """Every MovieLens-100K user's `events` most recent ratings, and the genre catalog."""
+    frames = load_movielens_100k(fetch_movielens_100k(Path(default_paths()["data_cache"])))
+    items = frames.items.set_index("item_id")
+    recent = frames.interactions.sort_values(["user_id", "ts"]).groupby("user_id").tail(events)
+    histories = [
+        UserHistory(
+            str(user_id),
+            tuple(
+                HistoryEvent(ts.to_pydatetime(), items.at[item, "title"], items.at[item, "category"], None)
+                for item, ts in zip(rows["item_id"], rows["ts"], strict=True)
+            ),
+        )
+        for user_id, rows in recent.groupby("user_id", sort=False)
+    ]
+    genres = sorted({g for category in frames.items["category"] for g in category.split(CATEGORY_SEPARATOR) if g})
+    return histories, Catalog(categories=genres, brands=[])
+
+
 def timed(
     histories: Sequence[UserHistory], catalog: Catalog, backend: ProfileBackend, events: int
 ) -> tuple[list[ProfileResult], float]:
@@ -148,7 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=943)
     parser.add_argument("--events", type=int, default=DEFAULT_MAX_EVENTS)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=LlmResource().batch_size)
+    parser.add_argument("--data", choices=["movielens", "synthetic"], default="movielens")
     parser.add_argument("--compare", type=int, default=16, help="users run both batched and one at a time")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -156,10 +185,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
 
     start = time.perf_counter()
-    backend = TransformersBackend.load(smollm2_config(batch_size=args.batch_size))
+    backend = TransformersBackend.load(LlmResource(batch_size=args.batch_size).backend_config())
     print(f"SmolLM2-135M loaded in {time.perf_counter() - start:.1f} s; model id {backend.model_id}")
-    catalog = Catalog(categories=GENRES, brands=[])
-    histories = synthetic_histories(max(args.users, args.compare), args.events)
+    if args.data == "movielens":
+        histories, catalog = movielens_histories(args.events)
+    else:
+        histories = synthetic_histories(max(args.users, args.compare), args.events)
+        catalog = Catalog(categories=GENRES, brands=[])
+    print(f"{args.data}: {len(histories)} users, {len(catalog.categories)} categories")
     timed(histories[:1], catalog, backend, args.events)  # compiles the grammar, warms the kernels
 
     print(f"\nbatched vs one user at a time, the same {args.compare} users, {args.events} events each:")
