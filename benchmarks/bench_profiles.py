@@ -30,9 +30,10 @@ import torch  # noqa: E402
 from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k  # noqa: E402
 from grec_dagster.data.schema import CATEGORY_SEPARATOR  # noqa: E402
 from grec_dagster.home import default_paths  # noqa: E402
-from grec_dagster.llm.backends import ProfileBackend, TransformersBackend  # noqa: E402
+from grec_dagster.llm.backends import ProfileBackend, TransformersBackend, shared_prefix  # noqa: E402
 from grec_dagster.llm.profile_schema import Catalog, HistoryEvent, UserHistory  # noqa: E402
 from grec_dagster.llm.profiles import DEFAULT_MAX_EVENTS, ProfileResult, generate_profiles  # noqa: E402
+from grec_dagster.llm.prompting import load_prompt  # noqa: E402
 from grec_dagster.resources import LlmResource  # noqa: E402
 
 MOVIES = [
@@ -117,6 +118,17 @@ def movielens_histories(events: int) -> tuple[list[UserHistory], Catalog]:
     return histories, Catalog(categories=genres, brands=[])
 
 
+def prompt_sizes(backend: TransformersBackend, histories: Sequence[UserHistory], events: int) -> None:
+    """Per prompt template: the tokens every prompt shares (run once per call) and the mean tokens
+    each user adds (run per user, and attended over at every decode step)."""
+    for name in ("profile_v1", "profile_v2"):
+        template = load_prompt(name)
+        prompts = [backend.encode(template.messages(history.most_recent(events))) for history in histories]
+        shared = len(shared_prefix(prompts))
+        own = sum(len(prompt) - shared for prompt in prompts) / len(prompts)
+        print(f"  {name}: {shared} shared tokens, {own:.0f} tokens of its own per user")
+
+
 def timed(
     histories: Sequence[UserHistory], catalog: Catalog, backend: ProfileBackend, events: int
 ) -> tuple[list[ProfileResult], float]:
@@ -194,6 +206,9 @@ def main() -> None:
         catalog = Catalog(categories=GENRES, brands=[])
     print(f"{args.data}: {len(histories)} users, {len(catalog.categories)} categories")
     timed(histories[:1], catalog, backend, args.events)  # compiles the grammar, warms the kernels
+
+    print(f"\nprompt tokens over all {len(histories)} users, {args.events} events each:")
+    prompt_sizes(backend, histories, args.events)
 
     print(f"\nbatched vs one user at a time, the same {args.compare} users, {args.events} events each:")
     compare = histories[: args.compare]

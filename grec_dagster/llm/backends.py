@@ -147,10 +147,10 @@ class TransformersBackend:
         return self.config.model_id
 
     def generate(self, chats: Sequence[ChatMessages], json_schema: dict[str, Any]) -> list[Generation]:
-        prompts = [self._encode(chat) for chat in chats]
+        prompts = [self.encode(chat) for chat in chats]
         if not prompts:
             return []
-        shared = self._prefill(_shared_prefix(prompts))
+        shared = self._prefill(shared_prefix(prompts))
         by_length = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
         generations: dict[int, Generation] = {}
         size = self.config.batch_size
@@ -160,7 +160,8 @@ class TransformersBackend:
             generations.update(zip(indices, batch, strict=True))
         return [generations[index] for index in range(len(prompts))]
 
-    def _encode(self, chat: ChatMessages) -> list[int]:
+    def encode(self, chat: ChatMessages) -> list[int]:
+        """The prompt's token ids, as generation feeds them to the model."""
         # The chat template already holds any special tokens the model expects.
         text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -219,7 +220,7 @@ class TransformersBackend:
         )
 
 
-def _shared_prefix(prompts: list[list[int]]) -> list[int]:
+def shared_prefix(prompts: list[list[int]]) -> list[int]:
     """The longest token prefix of all prompts, leaving every prompt at least one token of its own;
     none for a single prompt, which has no one to share it with."""
     if len(prompts) < 2:
