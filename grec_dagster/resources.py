@@ -144,7 +144,11 @@ class LlmResource(dg.ConfigurableResource):
     gguf_file: str | None = Field(default=None, description="A GGUF file inside `model`, if it is one.")
     dtype: str = Field(default="bfloat16", description="bfloat16 is ~4x faster than float32 on CPUs with AVX512-BF16.")
     device: str = Field(default="cpu", description="cpu, cuda, cuda:1, ...")
-    batch_size: int = Field(default=32, ge=1, description="Users per generation batch.")
+    batch_size: int = Field(
+        default=128,
+        ge=1,
+        description="Users decoded together (their prompts run 32 at a time: `decoding.PROMPT_ROWS`).",
+    )
     max_new_tokens: int = Field(default=112, ge=16, description="Token budget per profile; cut-short ones are closed.")
     max_events: int = Field(default=DEFAULT_MAX_EVENTS, ge=1, description="Most recent events shown per user.")
     prompt: str = Field(default=DEFAULT_PROMPT, description="Prompt template in grec_dagster/llm/prompts.")

