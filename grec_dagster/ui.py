@@ -62,7 +62,10 @@ def ui_services(dagster_port: int, mlflow_port: int, tracking_uri: str, dagster_
 def serve(services: list[Service], env: dict[str, str], logs: Path, timeout: float) -> int:
     """Start `services`, print their URLs once they answer, and run until interrupted or one exits."""
     logs.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Set explicitly: a process started in the background by a shell inherits SIGINT ignored, and
+    # Python then installs no Ctrl-C handler of its own.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     running: list[tuple[Service, subprocess.Popen]] = []
     try:
         for service in services:
