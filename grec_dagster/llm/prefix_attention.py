@@ -54,7 +54,7 @@ def _prompt(
     query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float, prefix: DynamicLayer | None
 ) -> Tensor:
     """Many queries per row (a prompt): PyTorch's fused attention over the prefix copied in front of each
-    row's keys -- one copy per batch, small next to the prompt's own compute."""
+    row's keys -- one copy per prompt chunk (`decoding.PROMPT_ROWS` rows), small next to its compute."""
     if prefix is not None:
         batch = query.shape[0]
         key = torch.cat([prefix.keys.expand(batch, -1, -1, -1), key], dim=2)
