@@ -70,7 +70,11 @@ class TemporalParams(BaseModel):
 
 
 class TimeEncoding(nn.Module):
-    """phi(dt) = cos(dt * w + b), TGAT's functional time encoding."""
+    """phi(dt) = cos(dt * w + b), TGAT's functional time encoding.
+
+    The phase is computed in float64: gaps reach 10^7 seconds, where a float32 product carries
+    an error of about one radian at w = 1, so cos would turn rounding into noise.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -78,7 +82,8 @@ class TimeEncoding(nn.Module):
         self.b = nn.Parameter(torch.zeros(dim))
 
     def forward(self, dt: Tensor) -> Tensor:
-        return torch.cos(dt.to(self.w.dtype).unsqueeze(-1) * self.w + self.b)
+        phase = dt.double().unsqueeze(-1) * self.w.double() + self.b.double()
+        return torch.cos(phase).to(self.w.dtype)
 
 
 class TemporalAttentionLayer(nn.Module):

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from grec_dagster.training.determinism import deterministic_kernels
 from grec_dagster.training.checkpoints import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
 
 
@@ -81,7 +82,22 @@ def fit(
     accelerator: Accelerator | None = None,
     description: str = "train",
 ) -> TrainResult:
-    """Train `model` until `selection_metric` stops improving for `patience` evaluations."""
+    """Train `model` until `selection_metric` stops improving for `patience` evaluations, with
+    deterministic kernels, so the same inputs give the same bits in every process."""
+    with deterministic_kernels():
+        return _fit(model, objective, params, selection_metric, checkpoint_dir, on_epoch, accelerator, description)
+
+
+def _fit(
+    model: nn.Module,
+    objective: Objective,
+    params: TrainParams,
+    selection_metric: str,
+    checkpoint_dir: Path | None,
+    on_epoch: EpochCallback | None,
+    accelerator: Accelerator | None,
+    description: str,
+) -> TrainResult:
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(params.seed)

@@ -117,9 +117,12 @@ def test_cold_items_get_vectors_from_the_adapted_encoder(text_shop: TextShop, tr
     tower.load_trained_weights(trained.weights)
     tower.eval()
     with torch.no_grad():
-        adapted = tower.encode_items(tower.text_encoder(cold))
+        # The whole catalog, as the checkpoint was encoded: MiniLM runs in bf16, and encoding the cold
+        # items alone pads them to another width, which changes the sums' rounding (bf16's relative
+        # step is 2^-8). The same texts in the same batches run the same kernels: the same bits.
+        adapted = tower.encode_items(tower.text_encoder.encode_all()[cold])
         frozen = tower.encode_items(text_shop.item_text[cold])
-    torch.testing.assert_close(vectors, adapted)
+    assert torch.equal(vectors, adapted)
     assert (vectors - frozen).abs().max() > 1e-3  # the adapters moved items they never trained on
 
 
