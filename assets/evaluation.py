@@ -1,47 +1,45 @@
-"""Stage 4, evaluation: every model through the one evaluator, stored and rendered as a report."""
+"""Stage 6, evaluation: every model through the one evaluator, stored and rendered as a report, and
+the MLflow runs side by side."""
 
 import time
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import torch
 from pydantic import Field
 
-from assets.fusion import FOLDER as FUSION_FOLDER
-from assets.fusion import fusion_at_test, fusion_checkpoint
-from assets.graph import interaction_graph, load_graph
-from assets.llm import llm_checkpoint
-from assets.temporal import temporal_checkpoint, temporal_profiles_checkpoint
-from assets.training import graphsage_checkpoint, lightgcn_checkpoint, popularity_baselines
+from assets.features import interaction_graph
+from assets.fusion import fusion_checkpoint
+from assets.training import (
+    graphsage_checkpoint,
+    lightgcn_checkpoint,
+    popularity_baselines,
+    temporal_checkpoint,
+    temporal_profiles_checkpoint,
+    text_tower_checkpoint,
+)
 from grec_dagster.evaluation.evaluator import evaluate, ranking_task
-from grec_dagster.evaluation.metrics import ScoreFn
 from grec_dagster.evaluation.plots import markdown_image, segment_bars
 from grec_dagster.evaluation.results import store_results
 from grec_dagster.evaluation.tables import headline_table, markdown_preview
-from grec_dagster.graph.interactions import TEST
+from grec_dagster.graph.interactions import TEST, InteractionGraph
+from grec_dagster.layout import FUSION, POPULARITY, TOWERS, Scorer
 from grec_dagster.models.popularity import broadcast_scores
+from grec_dagster.models.towers import towers_at, trained_towers
 from grec_dagster.resources import CheckpointStoreResource, DataSourceResource, MlflowResource, WarehouseResource
-from grec_dagster.training.checkpoints import load_tensors
+from grec_dagster.storage import atomic_write, load_tensors
 from grec_dagster.training.runs import compare_runs
-from grec_dagster.training.train_fusion import POPULARITY, fusion_scores
+from grec_dagster.training.train_fusion import fusion_at, fusion_scores
 
 GROUP = "evaluation"
-EMBEDDING_MODELS = ("lightgcn", "graphsage", "temporal", "temporal_profiles", "llm")
-"""Checkpoint folders holding `user_embedding` and `item_embedding`, scored by dot product."""
 TRAINED = [
     lightgcn_checkpoint,
     graphsage_checkpoint,
     temporal_checkpoint,
     temporal_profiles_checkpoint,
-    llm_checkpoint,
+    text_tower_checkpoint,
     fusion_checkpoint,
 ]
 """Every training asset: the report scores them, the MLflow comparison reads their runs."""
-
-
-def _dot_scores(embeddings: dict[str, torch.Tensor]) -> ScoreFn:
-    return lambda users: embeddings["user_embedding"][users] @ embeddings["item_embedding"].T
 
 
 @dg.asset(
@@ -57,17 +55,18 @@ def evaluation_report(
 ) -> dg.MaterializeResult:
     """Full-ranking test metrics of every model, overall and per segment, in `evaluation_results`."""
     started = time.perf_counter()
-    graph = load_graph(checkpoints)
+    layout = checkpoints.layout
+    graph = InteractionGraph.load(layout.interaction_graph)
     task = ranking_task(graph, TEST)
-    popularity, _ = load_tensors(checkpoints.folder("popularity_baselines") / "scores.safetensors")
+    popularity, _ = load_tensors(layout.popularity_scores)
     scorers = {name: broadcast_scores(scores) for name, scores in popularity.items()}
-    present = [name for name in EMBEDDING_MODELS if (Path(checkpoints.root) / name / "model.safetensors").exists()]
-    missing = [name for name in [*EMBEDDING_MODELS, FUSION_FOLDER] if name not in present]
-    for name in present:
-        scorers[name] = _dot_scores(load_tensors(Path(checkpoints.root) / name / "model.safetensors")[0])
-    if (Path(checkpoints.root) / FUSION_FOLDER / "model.safetensors").exists():
-        missing.remove(FUSION_FOLDER)
-        fused, static, gated = fusion_at_test(checkpoints)
+    embedding_towers = [name for name, spec in TOWERS.items() if spec.scorer == Scorer.EMBEDDINGS]
+    present = trained_towers(layout, embedding_towers)
+    missing = [name for name in [*embedding_towers, FUSION] if name not in present]
+    scorers |= {tower.name: tower.scores for tower in towers_at(graph, layout, present, TEST).towers}
+    if layout.model(FUSION).checkpoint.exists():
+        missing.remove(FUSION)
+        fused, static, gated = fusion_at(layout, graph, TEST)
         if POPULARITY in fused.names:  # fusion's popularity tower: recent items over train + valid, known at the test cut
             scorers["popularity_tower"] = broadcast_scores(fused.towers[fused.names.index(POPULARITY)].item_vectors)
         scorers |= {"static_fusion": fusion_scores(static, fused), "gated_fusion": fusion_scores(gated, fused)}
@@ -86,13 +85,14 @@ def evaluation_report(
         ],
         ignore_index=True,
     )
-    report = checkpoints.folder("reports") / f"evaluation_{source.kind}_{graph.protocol}.md"
+    report = layout.report(f"evaluation_{source.kind}_{graph.protocol}.md")
     bars = segment_bars(results)
-    report.with_suffix(".png").write_bytes(bars)
-    report.write_text(
+    plot = atomic_write(report.with_suffix(".png"), lambda path: path.write_bytes(bars))
+    text = (
         f"# {source.kind}, {graph.protocol} split\n\n{markdown_preview(headline, 50)}\n\n"
-        f"## Per segment\n\n{markdown_preview(by_segment, 200)}\n\n![NDCG@20 per segment]({report.stem}.png)\n"
+        f"## Per segment\n\n{markdown_preview(by_segment, 200)}\n\n![NDCG@20 per segment]({plot.name})\n"
     )
+    atomic_write(report, lambda path: path.write_text(text))
     context.log.info("\n" + markdown_preview(headline, 50))
     return dg.MaterializeResult(
         metadata={
@@ -121,8 +121,10 @@ def mlflow_comparison(
 ) -> dg.MaterializeResult:
     """The metrics of the experiment's newest runs side by side (`grec runs compare`), as markdown and CSV."""
     table = compare_runs(mlflow.tracking_uri, mlflow.experiment, config.last, config.prefix)
-    path = checkpoints.folder("reports") / f"mlflow_comparison_{mlflow.experiment}.csv"
-    table.to_csv(path, index_label="metric")
+    path = atomic_write(
+        checkpoints.layout.report(f"mlflow_comparison_{mlflow.experiment}.csv"),
+        lambda partial: table.to_csv(partial, index_label="metric"),
+    )
     shown = table.round(4).reset_index(names="metric")
     return dg.MaterializeResult(
         metadata={

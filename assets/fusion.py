@@ -2,74 +2,50 @@
 recommendations they make, each pick credited to the tower that drove it."""
 
 import time
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import torch
 from pydantic import Field
 
-from assets.graph import interaction_graph, load_graph
+from assets.features import interaction_graph
 from assets.ingestion import items
-from assets.llm import llm_checkpoint
-from assets.temporal import temporal_checkpoint, temporal_profiles_checkpoint
-from assets.training import graphsage_checkpoint, lightgcn_checkpoint
+from assets.params import engine_params
+from assets.training import (
+    graphsage_checkpoint,
+    lightgcn_checkpoint,
+    temporal_checkpoint,
+    temporal_profiles_checkpoint,
+    text_tower_checkpoint,
+)
 from grec_dagster.evaluation.evaluator import evaluate, ranking_task
 from grec_dagster.evaluation.plots import markdown_image, segment_bars, training_curves
 from grec_dagster.evaluation.tables import headline_table, markdown_preview
-from grec_dagster.graph.interactions import TEST, TRAIN, VALID
-from grec_dagster.models.fusion import GatedFusion, StaticFusion, top_picks
-from grec_dagster.models.towers import CONTEXTS, TowerInputs
+from grec_dagster.graph.interactions import TEST, TRAIN, VALID, InteractionGraph
+from grec_dagster.grokking import GrokkingEvent
+from grec_dagster.layout import FUSION, TOWERS, Scorer
+from grec_dagster.models.fusion import GatedFusion, top_picks
+from grec_dagster.models.towers import CONTEXTS, towers_at, trained_towers
 from grec_dagster.resources import CheckpointStoreResource, MlflowResource, WarehouseResource
-from grec_dagster.training.checkpoints import write_json
-from grec_dagster.training.grokking import GrokkingEvent
+from grec_dagster.storage import atomic_write, write_json
 from grec_dagster.training.grokking_wiring import check_grokking, record_grokking
-from grec_dagster.training.loop import TrainParams
+from grec_dagster.training.loop import TrainingContext, TrainParams
 from grec_dagster.training.runs import latest_history
 from grec_dagster.training.train_fusion import (
-    POPULARITY,
     FusionParams,
+    FusionTraining,
+    fusion_at,
     fusion_scores,
-    load_fusion,
     read_grokking_events,
     save_fusion,
-    tower_inputs,
     train_fusion,
 )
 
 GROUP = "fusion"
-FOLDER = "fusion"
-EMBEDDING_TOWERS = ("lightgcn", "graphsage", "temporal", "llm")
-"""Checkpoint folders fusion can read `user_embedding`/`item_embedding` from (`llm`: the text tower)."""
-GROKKING_FILE = "grokking.json"
 
 
-class FusionConfig(dg.Config, FusionParams, TrainParams):
-    towers: list[str] = Field(
-        default=[POPULARITY, *EMBEDDING_TOWERS],
-        description="Towers to fuse: `popularity` and checkpoint folders; a folder without a checkpoint is skipped.",
-    )
-    epochs: int = 100
-    lr: float = 3e-3
-    batch_size: int = 1024
-    patience: int = 10
-
-
-def tower_checkpoints(checkpoints: CheckpointStoreResource, towers: list[str]) -> dict[str, Path]:
-    """The embedding towers among `towers` that have a checkpoint, in the order given."""
-    paths = {name: Path(checkpoints.root) / name / "model.safetensors" for name in towers if name != POPULARITY}
-    return {name: path for name, path in paths.items() if path.exists()}
-
-
-def fusion_at_test(checkpoints: CheckpointStoreResource) -> tuple[TowerInputs, StaticFusion, GatedFusion]:
-    """The saved fusion and its towers at the test cut, in the order it was trained with."""
-    towers, static, gated = load_fusion(checkpoints.folder(FOLDER) / "model.safetensors")
-    inputs = tower_inputs(
-        load_graph(checkpoints), tower_checkpoints(checkpoints, towers), TEST, popularity=POPULARITY in towers
-    )
-    if inputs.names != towers:
-        raise FileNotFoundError(f"fusion was trained on {towers}, found {inputs.names}: materialize the towers")
-    return inputs, static, gated
+class FusionConfig(dg.Config, FusionParams, FusionTraining):
+    pass
 
 
 def _gate_table(gated: GatedFusion, towers: list[str]) -> pd.DataFrame:
@@ -96,7 +72,7 @@ def _tower_curves(mlflow: MlflowResource, towers: list[str], events: dict[str, l
         graphsage_checkpoint,
         temporal_checkpoint,
         temporal_profiles_checkpoint,
-        llm_checkpoint,
+        text_tower_checkpoint,
     ],
     kinds={"pytorch", "mlflow"},
 )
@@ -109,15 +85,19 @@ def fusion_checkpoint(
     """Gated fusion of the towers learned on validation events (with the static baseline tuned there),
     grokking shifts applied; safetensors plus config, one MLflow run, test metrics of both."""
     started = time.perf_counter()
-    graph = load_graph(checkpoints)
-    folder = checkpoints.folder(FOLDER)
-    paths = tower_checkpoints(checkpoints, config.towers)
-    events = {name: read_grokking_events(path.parent / GROKKING_FILE) for name, path in paths.items()}
-    valid = tower_inputs(graph, paths, VALID, popularity=POPULARITY in config.towers)
-    fusion_params = FusionParams.model_validate(config.model_dump())
-    train_params = TrainParams.model_validate(config.model_dump())
+    layout = checkpoints.layout
+    graph = InteractionGraph.load(layout.interaction_graph)
+    files = layout.model(FUSION)
+    fusion_params, train_params = engine_params(config, FusionParams, TrainParams)
+    towers = trained_towers(layout, fusion_params.towers)
+    skipped = [name for name in fusion_params.towers if name not in towers]
+    if skipped:
+        context.log.warning(f"fusing {towers}: no checkpoint of {skipped} yet")
+    trained_embeddings = [name for name in towers if TOWERS[name].scorer == Scorer.EMBEDDINGS]
+    events = {name: read_grokking_events(layout.model(name).grokking) for name in trained_embeddings}
+    valid = towers_at(graph, layout, towers, VALID)
     params = config.model_dump() | {"protocol": graph.protocol, "fused": valid.names}
-    with mlflow.run(context, run_name="fusion") as run:
+    with mlflow.run(context, run_name=FUSION) as run:
         run.log_params(params)
         trained = train_fusion(
             graph,
@@ -125,14 +105,14 @@ def fusion_checkpoint(
             fusion_params,
             train_params,
             [event for found in events.values() for event in found],
-            on_epoch=lambda record: run.log_metrics(record, step=int(record["epoch"])),
+            TrainingContext(on_epoch=run.log_epoch),
         )
         static_weights = dict(zip(trained.towers, trained.static.weights.tolist(), strict=True))
         shifts = [vars(shift) for shift in trained.shifts]
-        save_fusion(folder / "model.safetensors", trained, params)
-        write_json(folder / "config.json", params | {"static_weights": static_weights, "grokking_shifts": shifts})
+        save_fusion(files.checkpoint, trained, params)
+        write_json(files.config, params | {"static_weights": static_weights, "grokking_shifts": shifts})
 
-        test_inputs = tower_inputs(graph, paths, TEST, popularity=POPULARITY in config.towers)
+        test_inputs = towers_at(graph, layout, towers, TEST)
         task = ranking_task(graph, TEST)
         test = pd.concat(
             [
@@ -153,15 +133,14 @@ def fusion_checkpoint(
                 "stop_ndcg@20_after_shift": trained.stop_ndcg_after_shift,
             }
         )
-        grokking = check_grokking("fusion", trained.result.history)  # the gates' own training, like any run
-        record_grokking(grokking, run, folder)
-        curves = _tower_curves(mlflow, list(paths), events)
+        grokking = check_grokking(FUSION, trained.result.history)  # the gates' own training, like any run
+        record_grokking(grokking, run, files.grokking)
+        curves = _tower_curves(mlflow, trained_embeddings, events)
         bars = segment_bars(test)
-        for name, png in (("tower_training_curves.png", curves), ("fusion_segments.png", bars)):
-            (folder / name).write_bytes(png)
-            run.log_artifact(folder / name, "plots")
-        for name in ("model.safetensors", "config.json"):
-            run.log_artifact(folder / name, "checkpoint")
+        for name, png in (("tower_training_curves", curves), ("fusion_segments", bars)):
+            run.log_artifact(atomic_write(files.plot(name), lambda path, png=png: path.write_bytes(png)), "plots")
+        for path in (files.checkpoint, files.config):
+            run.log_artifact(path, "checkpoint")
         run_url = run.url
     return dg.MaterializeResult(
         metadata={
@@ -194,8 +173,9 @@ def recommendations(
     """Every known user's top-K from the gated fusion, each pick with the tower whose gated
     contribution to it is largest; DuckDB `recommendations` and a Parquet copy."""
     started = time.perf_counter()
-    graph = load_graph(checkpoints)
-    inputs, _, gated = fusion_at_test(checkpoints)
+    layout = checkpoints.layout
+    graph = InteractionGraph.load(layout.interaction_graph)
+    inputs, _, gated = fusion_at(layout, graph, TEST)
     users = torch.arange(graph.n_users)
     picked, scores, drivers = top_picks(gated, inputs, users, graph.pairs(TRAIN, VALID, TEST), config.k)
     keep = torch.isfinite(scores)
@@ -219,8 +199,7 @@ def recommendations(
         con.unregister("picks")
         table = con.execute("SELECT * FROM recommendations ORDER BY user_id, rank").df()
         shares = con.execute("SELECT tower, count(*) AS picks FROM recommendations GROUP BY tower ORDER BY 2 DESC").df()
-    path = checkpoints.folder(FOLDER) / "recommendations.parquet"
-    table.to_parquet(path, index=False)
+    path = atomic_write(layout.recommendations, lambda partial: table.to_parquet(partial, index=False))
     return dg.MaterializeResult(
         metadata={
             "rows": len(table),

@@ -76,7 +76,7 @@ def _ingestion_metadata(source: str, batches: dict[str, IngestedBatch], seconds:
 
 
 raw_interactions = build_raw_interactions(None)
-"""The snapshot form, the default; `assets.graph` and friends depend on its key."""
+"""The snapshot form, the default; `assets.features` and friends depend on its key."""
 
 
 def raw_interactions_for(source_kind: str) -> dg.AssetsDefinition:

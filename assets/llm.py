@@ -1,5 +1,5 @@
-"""Stage 4, the LLM layer: user profiles a causal LM writes from purchase histories, text
-embeddings of items and profile facets, and the text tower trained on them."""
+"""Stage 3, the LLM layer: user profiles a causal LM writes from purchase histories, and text
+embeddings of items and profile facets (the text tower that learns from them trains in `training`)."""
 
 import time
 
@@ -7,10 +7,10 @@ import dagster as dg
 import pandas as pd
 import torch
 
-from assets.graph import interaction_graph, load_graph, user_histories
+from assets.features import interaction_graph, user_histories
 from assets.ingestion import items
-from assets.training import _train_embeddings
 from grec_dagster.evaluation.tables import markdown_preview
+from grec_dagster.graph.interactions import InteractionGraph
 from grec_dagster.llm.embedding_cache import embed_with_cache
 from grec_dagster.llm.profile_cache import plan_refresh, store_profiles
 from grec_dagster.llm.profile_schema import UserProfile
@@ -18,23 +18,10 @@ from grec_dagster.llm.profiles import ProfileResult, generate_profiles
 from grec_dagster.llm.prompting import load_prompt
 from grec_dagster.llm.text_encoder import TextEncoder, TextEncoderConfig
 from grec_dagster.llm.texts import FACETS, facet_texts, item_texts, read_catalog, read_histories
-from grec_dagster.models.text_tower import TextTowerParams
-from grec_dagster.resources import (
-    GPU_POOL,
-    CheckpointStoreResource,
-    GpuResource,
-    LlmResource,
-    MlflowResource,
-    WarehouseResource,
-)
-from grec_dagster.training.checkpoints import load_tensors, save_tensors, tensor_fingerprint
-from grec_dagster.training.devices import accelerator_for
-from grec_dagster.training.loop import TrainParams
-from grec_dagster.training.train_text_tower import train_text_tower
+from grec_dagster.resources import CheckpointStoreResource, LlmResource, WarehouseResource
+from grec_dagster.storage import save_tensors
 
 GROUP = "llm"
-ITEM_TEXT_FILE = "item_text.safetensors"
-PROFILE_FILE = "profile_embeddings.safetensors"
 USERS_PER_CHUNK = 128
 """Profiles are stored after every chunk, so an interrupted run keeps what it generated."""
 
@@ -114,12 +101,12 @@ def item_text_embeddings(
     """all-MiniLM-L6-v2 embeddings of each item's catalog text (title, categories, brand, description),
     in the graph's item order; each distinct text is encoded once, then cached in DuckDB."""
     started = time.perf_counter()
-    graph = load_graph(checkpoints)
+    graph = InteractionGraph.load(checkpoints.layout.interaction_graph)
     encoder = _encoder(llm)
     with warehouse.connect() as con:
         texts = item_texts(con.execute("SELECT * FROM items").df(), graph.item_ids)
         vectors, stats = embed_with_cache(texts, encoder, con)
-    path = checkpoints.folder("item_text_embeddings") / ITEM_TEXT_FILE
+    path = checkpoints.layout.item_text_embeddings
     save_tensors(path, {"item_text": vectors}, {"encoder": encoder.model_id, "n_items": graph.n_items})
     return dg.MaterializeResult(
         metadata={
@@ -141,7 +128,7 @@ def profile_embeddings(
     """One embedding per user and profile facet (DynLLM), [n_users, facets, dim] in the graph's user
     order, with a mask of the users that have a profile; texts cached by hash like the items'."""
     started = time.perf_counter()
-    graph = load_graph(checkpoints)
+    graph = InteractionGraph.load(checkpoints.layout.interaction_graph)
     encoder = _encoder(llm)
     with warehouse.connect() as con:
         rows = con.execute("SELECT user_id, profile_json FROM current_user_profiles").fetchall()
@@ -153,7 +140,7 @@ def profile_embeddings(
     facets[users] = vectors.view(len(users), len(FACETS), encoder.dim)
     mask = torch.zeros(graph.n_users, dtype=torch.bool)
     mask[users] = True
-    path = checkpoints.folder("profile_embeddings") / PROFILE_FILE
+    path = checkpoints.layout.profile_embeddings
     save_tensors(path, {"facets": facets, "mask": mask}, {"encoder": encoder.model_id, "facets": list(FACETS)})
     return dg.MaterializeResult(
         metadata={
@@ -165,55 +152,4 @@ def profile_embeddings(
             "file": dg.MetadataValue.path(str(path)),
             "seconds": round(time.perf_counter() - started, 3),
         }
-    )
-
-
-class TextTowerConfig(dg.Config, TextTowerParams, TrainParams):
-    use_profiles: bool = True
-    """Feed each user's mean profile-facet embedding to the user side, next to their history's texts."""
-
-
-@dg.asset(
-    group_name="training",
-    deps=[interaction_graph, items, item_text_embeddings, profile_embeddings],
-    kinds={"pytorch", "mlflow"},
-    pool=GPU_POOL,
-)
-def llm_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: TextTowerConfig,
-    warehouse: WarehouseResource,
-    checkpoints: CheckpointStoreResource,
-    mlflow: MlflowResource,
-    gpu: GpuResource,
-) -> dg.MaterializeResult:
-    """The text tower: projection heads aligning item-text and profile embeddings with interactions
-    (BPR, early-stopped on validation NDCG@20), over frozen MiniLM item vectors or, with `encoder:
-    lora`, MiniLM with LoRA adapters trained alongside (kept in the checkpoint). Items are scored
-    from text alone, so cold items too."""
-    graph = load_graph(checkpoints)
-    item_text = load_tensors(checkpoints.folder("item_text_embeddings") / ITEM_TEXT_FILE)[0]["item_text"]
-    texts = None
-    if config.encoder == "lora":
-        with warehouse.connect(read_only=True) as con:
-            texts = item_texts(con.execute("SELECT * FROM items").df(), graph.item_ids)
-    profile_text = None
-    if config.use_profiles:
-        tensors = load_tensors(checkpoints.folder("profile_embeddings") / PROFILE_FILE)[0]
-        profile_text = tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1)
-    inputs = (item_text,) if profile_text is None else (item_text, profile_text)
-    fingerprint = f"{graph.fingerprint()}-{tensor_fingerprint(*inputs)}"
-    model, train = TextTowerParams.model_validate(config.model_dump()), TrainParams.model_validate(config.model_dump())
-    accelerator = accelerator_for(gpu.device())
-    return _train_embeddings(
-        context,
-        "llm",
-        config,
-        graph,
-        fingerprint,
-        lambda state_dir, on_epoch: train_text_tower(
-            graph, item_text, profile_text, model, train, state_dir, on_epoch, accelerator, texts
-        ),
-        checkpoints,
-        mlflow,
     )

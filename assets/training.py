@@ -1,4 +1,5 @@
-"""Stage 3, training: popularity baselines and the LightGCN and GraphSAGE checkpoints, each tracked in MLflow."""
+"""Stage 4, training: the popularity baselines and every tower, each tracked in MLflow; which
+towers exist and where their checkpoints go is `grec_dagster.layout`'s registry."""
 
 import shutil
 import time
@@ -6,54 +7,62 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import torch
 
-from assets.graph import interaction_graph, load_graph
+from assets.features import interaction_graph, temporal_graph
 from assets.ingestion import items, users
+from assets.llm import item_text_embeddings, profile_embeddings
+from assets.params import engine_params
 from grec_dagster.evaluation.evaluator import evaluate
 from grec_dagster.evaluation.tables import headline_table, markdown_preview
 from grec_dagster.graph.features import item_features, user_features
 from grec_dagster.graph.interactions import TEST, InteractionGraph
+from grec_dagster.graph.temporal import TemporalGraph
+from grec_dagster.layout import GRAPHSAGE, LIGHTGCN, TEMPORAL, TEMPORAL_PROFILES, TEXT_TOWER
+from grec_dagster.llm.texts import item_texts
 from grec_dagster.models.graphsage import GraphSAGEParams
 from grec_dagster.models.lightgcn import LightGCNParams
 from grec_dagster.models.popularity import most_popular, most_popular_recent
+from grec_dagster.models.profile_fusion import ProfileFacets
+from grec_dagster.models.temporal import TemporalParams
+from grec_dagster.models.text_tower import TextTowerParams
 from grec_dagster.resources import GPU_POOL, CheckpointStoreResource, GpuResource, MlflowResource, WarehouseResource
-from grec_dagster.training.checkpoints import resumable_state_dir, save_tensors, tensor_fingerprint, write_json
+from grec_dagster.storage import load_tensors, save_tensors, tensor_fingerprint, write_json
 from grec_dagster.training.devices import accelerator_for
 from grec_dagster.training.embeddings import TrainedEmbeddings, save_embeddings
 from grec_dagster.training.grokking_wiring import check_grokking, record_grokking
-from grec_dagster.training.loop import EpochCallback, TrainParams
-from grec_dagster.training.train_graphsage import train_graphsage
-from grec_dagster.training.train_lightgcn import train_lightgcn
+from grec_dagster.training.loop import TrainingContext, TrainParams
+from grec_dagster.training.train_graphsage import GraphSAGETraining, train_graphsage
+from grec_dagster.training.train_lightgcn import LightGCNTraining, train_lightgcn
+from grec_dagster.training.train_temporal import TemporalTraining, train_temporal
+from grec_dagster.training.train_text_tower import train_text_tower
 
 GROUP = "training"
+TRAINING = {"group_name": GROUP, "kinds": {"pytorch", "mlflow"}, "pool": GPU_POOL}
+"""What every tower's asset shares: its group, its kinds and the `gpu` pool."""
+
+
+def _graph(checkpoints: CheckpointStoreResource) -> InteractionGraph:
+    return InteractionGraph.load(checkpoints.layout.interaction_graph)
 
 
 @dg.asset(group_name=GROUP, deps=[interaction_graph], kinds={"pytorch"})
 def popularity_baselines(checkpoints: CheckpointStoreResource) -> dg.MaterializeResult:
     """Most popular and most popular recent item scores from the training split."""
-    graph = load_graph(checkpoints)
+    graph = _graph(checkpoints)
     scores = {"most_popular": most_popular(graph), "most_popular_recent": most_popular_recent(graph)}
-    save_tensors(
-        checkpoints.folder("popularity_baselines") / "scores.safetensors", scores, {"protocol": graph.protocol}
-    )
+    save_tensors(checkpoints.layout.popularity_scores, scores, {"protocol": graph.protocol})
     top = scores["most_popular"].topk(min(10, graph.n_items)).indices
     return dg.MaterializeResult(
         metadata={"top_items": [str(graph.item_ids[i]) for i in top.tolist()], "items": graph.n_items}
     )
 
 
-class LightGCNConfig(dg.Config, LightGCNParams, TrainParams):
-    """Defaults tuned on MovieLens-100K validation NDCG@20 (see README, Results)."""
-
-    lr: float = 2e-3
-    epochs: int = 400
+TrainFn = Callable[[TrainingContext], TrainedEmbeddings]
+"""Trains one tower, given the run's plumbing (resumable state, epoch callback, device)."""
 
 
-TrainFn = Callable[[Path, EpochCallback], TrainedEmbeddings]
-"""Trains one model, given where to keep resumable state and what to call after each epoch."""
-
-
-def _train_embeddings(
+def _train_tower(
     context: dg.AssetExecutionContext,
     name: str,
     config: dg.Config,
@@ -62,28 +71,30 @@ def _train_embeddings(
     train: TrainFn,
     checkpoints: CheckpointStoreResource,
     mlflow: MlflowResource,
+    gpu: GpuResource,
 ) -> dg.MaterializeResult:
-    """The body every embedding model's asset shares: train tracked in MLflow, save, test, check
-    for grokking (per validation segment), report."""
+    """The body every tower's asset shares: train tracked in MLflow, save, test, check for grokking
+    (per validation segment), report."""
     started = time.perf_counter()
-    folder = checkpoints.folder(name)
-    state_dir = resumable_state_dir(folder, data_fingerprint, config.model_dump_json())
+    files = checkpoints.layout.model(name)
+    state_dir = files.resume_state(data_fingerprint, config.model_dump_json())
     params = config.model_dump() | {"protocol": graph.protocol, "n_users": graph.n_users, "n_items": graph.n_items}
+    accelerator = accelerator_for(gpu.device())
     with mlflow.run(context, run_name=name) as run:
         run.log_params(params)
-        trained = train(state_dir, lambda record: run.log_metrics(record, step=int(record["epoch"])))
-        save_embeddings(folder / "model.safetensors", trained, params)
-        write_json(folder / "config.json", params)
+        trained = train(TrainingContext(state_dir, run.log_epoch, accelerator))
+        save_embeddings(files.checkpoint, trained, params)
+        write_json(files.config, params)
         test = evaluate(trained.score, graph, name, TEST)
         headline = headline_table(test).drop(columns=["model"]).iloc[0].to_dict()
         extra = {f"test_{k}": v for k, v in trained.result.extra.items()}  # a model's own test readouts
         run.log_metrics(
             {f"test_{k}": v for k, v in headline.items()} | extra | {"best_valid_ndcg@20": trained.result.best_metric}
         )
-        run.log_artifact(folder / "model.safetensors", "checkpoint")
-        run.log_artifact(folder / "config.json", "checkpoint")
+        run.log_artifact(files.checkpoint, "checkpoint")
+        run.log_artifact(files.config, "checkpoint")
         grokking = check_grokking(name, trained.result.history)
-        record_grokking(grokking, run, folder)
+        record_grokking(grokking, run, files.grokking)
         run_url = run.url
     shutil.rmtree(state_dir, ignore_errors=True)
     return dg.MaterializeResult(
@@ -102,7 +113,11 @@ def _train_embeddings(
     )
 
 
-@dg.asset(group_name=GROUP, deps=[interaction_graph], kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
+class LightGCNConfig(dg.Config, LightGCNParams, LightGCNTraining):
+    pass
+
+
+@dg.asset(deps=[interaction_graph], **TRAINING)
 def lightgcn_checkpoint(
     context: dg.AssetExecutionContext,
     config: LightGCNConfig,
@@ -111,26 +126,26 @@ def lightgcn_checkpoint(
     gpu: GpuResource,
 ) -> dg.MaterializeResult:
     """LightGCN trained with BPR, early-stopped on validation NDCG@20; safetensors plus config."""
-    graph = load_graph(checkpoints)
-    model, train = LightGCNParams.model_validate(config.model_dump()), TrainParams.model_validate(config.model_dump())
-    accelerator = accelerator_for(gpu.device())
-    return _train_embeddings(
+    graph = _graph(checkpoints)
+    model, train = engine_params(config, LightGCNParams, TrainParams)
+    return _train_tower(
         context,
-        "lightgcn",
+        LIGHTGCN,
         config,
         graph,
         graph.fingerprint(),
-        lambda state_dir, on_epoch: train_lightgcn(graph, model, train, state_dir, on_epoch, accelerator),
+        lambda run: train_lightgcn(graph, model, train, run),
         checkpoints,
         mlflow,
+        gpu,
     )
 
 
-class GraphSAGEConfig(dg.Config, GraphSAGEParams, TrainParams):
-    lr: float = 2e-3
+class GraphSAGEConfig(dg.Config, GraphSAGEParams, GraphSAGETraining):
+    pass
 
 
-@dg.asset(group_name=GROUP, deps=[interaction_graph, items, users], kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
+@dg.asset(deps=[interaction_graph, items, users], **TRAINING)
 def graphsage_checkpoint(
     context: dg.AssetExecutionContext,
     config: GraphSAGEConfig,
@@ -140,20 +155,123 @@ def graphsage_checkpoint(
     gpu: GpuResource,
 ) -> dg.MaterializeResult:
     """Inductive GraphSAGE on features from `items`/`users`, mini-batch BPR; embeddings for the test period."""
-    graph = load_graph(checkpoints)
+    graph = _graph(checkpoints)
     with warehouse.connect(read_only=True) as con:
         item_x = item_features(con.execute("SELECT * FROM items").df(), graph.item_ids)
         user_x = user_features(con.execute("SELECT * FROM users").df(), graph.user_ids)
-    features = tensor_fingerprint(user_x, item_x)
-    model, train = GraphSAGEParams.model_validate(config.model_dump()), TrainParams.model_validate(config.model_dump())
-    accelerator = accelerator_for(gpu.device())
-    return _train_embeddings(
+    model, train = engine_params(config, GraphSAGEParams, TrainParams)
+    return _train_tower(
         context,
-        "graphsage",
+        GRAPHSAGE,
         config,
         graph,
-        f"{graph.fingerprint()}-{features}",
-        lambda state_dir, on_epoch: train_graphsage(graph, user_x, item_x, model, train, state_dir, on_epoch, accelerator),
+        f"{graph.fingerprint()}-{tensor_fingerprint(user_x, item_x)}",
+        lambda run: train_graphsage(graph, user_x, item_x, model, train, run),
         checkpoints,
         mlflow,
+        gpu,
     )
+
+
+class TemporalConfig(dg.Config, TemporalParams, TemporalTraining):
+    pass
+
+
+def _train_temporal(
+    context: dg.AssetExecutionContext,
+    name: str,
+    config: TemporalConfig,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+    profiles: ProfileFacets | None = None,
+) -> dg.MaterializeResult:
+    """Both temporal assets' body; resumable state is keyed by the profiles too, so new ones train afresh."""
+    graph = _graph(checkpoints)
+    temporal = TemporalGraph.load(checkpoints.layout.temporal_graph)
+    model, train = engine_params(config, TemporalParams, TrainParams)
+    data = temporal.fingerprint() if profiles is None else f"{temporal.fingerprint()}-{profiles.fingerprint()}"
+    return _train_tower(
+        context,
+        name,
+        config,
+        graph,
+        data,
+        lambda run: train_temporal(graph, temporal, model, train, run, profiles),
+        checkpoints,
+        mlflow,
+        gpu,
+    )
+
+
+@dg.asset(deps=[interaction_graph, temporal_graph], **TRAINING)
+def temporal_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: TemporalConfig,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+) -> dg.MaterializeResult:
+    """TGAT-style temporal attention (optional TGN memory) trained with BPR on the event stream;
+    embeddings at the test cut, so the evaluator scores it like LightGCN, plus next-interaction MRR."""
+    return _train_temporal(context, TEMPORAL, config, checkpoints, mlflow, gpu)
+
+
+@dg.asset(deps=[interaction_graph, temporal_graph, profile_embeddings], **TRAINING)
+def temporal_profiles_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: TemporalConfig,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+) -> dg.MaterializeResult:
+    """The temporal model with each user's profile facets fused into its embedding (DynLLM: distilled
+    top-k facets, attention with the temporal embedding as query, gated residual); same readouts."""
+    profiles = ProfileFacets.load(checkpoints.layout.profile_embeddings)
+    return _train_temporal(context, TEMPORAL_PROFILES, config, checkpoints, mlflow, gpu, profiles)
+
+
+class TextTowerConfig(dg.Config, TextTowerParams, TrainParams):
+    use_profiles: bool = True
+    """Feed each user's mean profile-facet embedding to the user side, next to their history's texts."""
+
+
+@dg.asset(deps=[interaction_graph, items, item_text_embeddings, profile_embeddings], **TRAINING)
+def text_tower_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: TextTowerConfig,
+    warehouse: WarehouseResource,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+) -> dg.MaterializeResult:
+    """The text tower: projection heads aligning item-text and profile embeddings with interactions
+    (BPR, early-stopped on validation NDCG@20), over frozen MiniLM item vectors or, with `encoder:
+    lora`, MiniLM with LoRA adapters trained alongside (kept in the checkpoint). Items are scored
+    from text alone, so cold items too."""
+    graph = _graph(checkpoints)
+    item_text = load_tensors(checkpoints.layout.item_text_embeddings)[0]["item_text"]
+    texts = None
+    if config.encoder == "lora":
+        with warehouse.connect(read_only=True) as con:
+            texts = item_texts(con.execute("SELECT * FROM items").df(), graph.item_ids)
+    profile_text = _mean_profile_facets(checkpoints.layout.profile_embeddings) if config.use_profiles else None
+    inputs = (item_text,) if profile_text is None else (item_text, profile_text)
+    model, train = engine_params(config, TextTowerParams, TrainParams)
+    return _train_tower(
+        context,
+        TEXT_TOWER,
+        config,
+        graph,
+        f"{graph.fingerprint()}-{tensor_fingerprint(*inputs)}",
+        lambda run: train_text_tower(graph, item_text, profile_text, model, train, run, texts),
+        checkpoints,
+        mlflow,
+        gpu,
+    )
+
+
+def _mean_profile_facets(path: Path) -> torch.Tensor:
+    """Each user's mean facet embedding, zero for users without a profile."""
+    tensors = load_tensors(path)[0]
+    return tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1)

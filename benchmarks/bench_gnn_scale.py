@@ -18,9 +18,9 @@ CSR; the `TemporalGraph` with its time-sorted CSRs and the training history), th
 AdamW state and the training steps. The parent watches each child's RSS and kills it past
 `--rss-limit-gib` or `--timeout` and reports that instead of crashing the machine.
 
-A step is what `fit` does per batch: loss = model(*batch) (LightGCN: `bpr_loss`, propagating
+A step is what `fit` does per batch: loss = model(*batch) (LightGCN: its BPR loss, propagating
 the whole graph; GraphSAGE: `forward`, sampling a subgraph around the batch; temporal: the
-memory view, `bpr_loss` and `observe`, as `_TemporalForward`), zero_grad, backward, AdamW step,
+memory view, BPR loss and `observe`, in its `forward`), zero_grad, backward, AdamW step,
 float(loss). Hyperparameters are the training assets' defaults (LightGCNConfig, GraphSAGEConfig,
 TemporalConfig). A full epoch at 10M takes hours, so after `--warmup-batches` steps the child
 times `--batches` steps and extrapolates: epoch = the epoch's setup (the sampler's permutation
@@ -167,7 +167,7 @@ def measure(model_name: str, folder: Path, size: int, batches: int, warmup: int,
             params = LightGCNParams()
             lightgcn = build_lightgcn(graph, params)
             module: torch.nn.Module = lightgcn
-            loss_fn = lightgcn.bpr_loss  # what train_lightgcn's _BPRForward routes forward to
+            loss_fn = lightgcn
             negatives = params.negatives
         else:
             sage_params = GraphSAGEParams()
@@ -201,6 +201,7 @@ def measure(model_name: str, folder: Path, size: int, batches: int, warmup: int,
         model = TemporalGraphAttention(temporal.user_features, temporal.item_features, temporal_params)
         module = model
         history = temporal.history_before(VALID)  # TemporalObjective.history
+        model.train_on(history)
         sampler = BPRSampler(graph.pairs(TRAIN), graph.n_items, batch_size)
         setup["build"] = clock.lap()[0]
         n_batches = len(chronological_batches(history.ts, batch_size))
@@ -217,10 +218,7 @@ def measure(model_name: str, folder: Path, size: int, batches: int, warmup: int,
             return spent, (tuple(x[cuts[p][0] : cuts[p][1]] for x in tensors) for p in chosen)
 
         def step(batch) -> None:
-            users, items, ts, negatives = batch
-            memory = model.memory_view()  # _TemporalForward.forward
-            loss = model.bpr_loss(history, users, items, ts, negatives, memory)
-            model.observe(memory, users, items, ts)
+            loss = model(*batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -52,7 +52,7 @@ from grec_dagster.evaluation.evaluator import KS, evaluate, ranking_task
 from grec_dagster.evaluation.metrics import RankingTask, rank_users
 from grec_dagster.graph.interactions import TEST, TRAIN, InteractionGraph, build_graph
 from grec_dagster.graph.splits import split_labels
-from grec_dagster.home import default_paths
+from grec_dagster.layout import HomeLayout
 from grec_dagster.models.lightgcn import LightGCNParams
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.train_lightgcn import build_lightgcn
@@ -74,7 +74,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 class BPRModel(Protocol):
     def parameters(self) -> Iterator[nn.Parameter]: ...
 
-    def bpr_loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor: ...
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -93,7 +93,7 @@ class PyGLightGCN(nn.Module):
         self.edge_index = torch.stack([torch.cat([users, items]), torch.cat([items, users])])
         self.model = LightGCN(graph.n_users + graph.n_items, params.dim, params.layers)
 
-    def bpr_loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    def forward(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         label_index = torch.stack([users.repeat(2), torch.cat([positives, negatives]) + self.n_users])
         positive_rank, negative_rank = self.model(self.edge_index, label_index).chunk(2)
         return self.model.recommendation_loss(
@@ -160,7 +160,7 @@ def _clocks() -> tuple[float, float]:
 
 
 def train_step(model: BPRModel, optimizer: torch.optim.Optimizer, batch: Batch) -> None:
-    loss = model.bpr_loss(*batch)
+    loss = model(*batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -196,7 +196,7 @@ def profile_steps(model: BPRModel, optimizer: torch.optim.Optimizer, batches: li
     with profile() as profiler:
         for batch in batches:
             with record_function("## forward (propagate + BPR loss)"):
-                loss = model.bpr_loss(*batch)
+                loss = model(*batch)
             optimizer.zero_grad(set_to_none=True)
             with record_function("## backward"):
                 loss.backward()
@@ -314,7 +314,7 @@ class Config:
 
 def movielens_graph() -> InteractionGraph:
     """MovieLens-100K from GREC_HOME's data cache (where `grec data fetch` puts it), random 8:1:1."""
-    folder = fetch_movielens_100k(Path(default_paths()["data_cache"]))
+    folder = fetch_movielens_100k(HomeLayout.current().data_cache)
     log = load_movielens_100k(folder).interactions
     log = log.sort_values(["ts", "source", "source_row"], kind="stable").reset_index(drop=True)
     return build_graph(log, split_labels(log, "random"), "random")

@@ -21,7 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,7 +28,7 @@ import torch  # noqa: E402
 
 from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k  # noqa: E402
 from grec_dagster.data.schema import CATEGORY_SEPARATOR  # noqa: E402
-from grec_dagster.home import default_paths  # noqa: E402
+from grec_dagster.layout import HomeLayout  # noqa: E402
 from grec_dagster.llm.backends import ProfileBackend, TransformersBackend, shared_prefix  # noqa: E402
 from grec_dagster.llm.profile_schema import Catalog, HistoryEvent, UserHistory  # noqa: E402
 from grec_dagster.llm.profiles import DEFAULT_MAX_EVENTS, ProfileResult, generate_profiles  # noqa: E402
@@ -101,7 +100,7 @@ def synthetic_histories(count: int, events: int, seed: int = 0) -> list[UserHist
 
 def movielens_histories(events: int) -> tuple[list[UserHistory], Catalog]:
     """Every MovieLens-100K user's `events` most recent ratings, and the genre catalog."""
-    frames = load_movielens_100k(fetch_movielens_100k(Path(default_paths()["data_cache"])))
+    frames = load_movielens_100k(fetch_movielens_100k(HomeLayout.current().data_cache))
     items = frames.items.set_index("item_id")
     recent = frames.interactions.sort_values(["user_id", "ts"]).groupby("user_id").tail(events)
     histories = [

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,7 +21,7 @@ import torch  # noqa: E402
 from bench_lightgcn import movielens_graph  # noqa: E402
 
 from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k  # noqa: E402
-from grec_dagster.home import default_paths  # noqa: E402
+from grec_dagster.layout import HomeLayout  # noqa: E402
 from grec_dagster.llm.text_encoder import TextEncoder  # noqa: E402
 from grec_dagster.llm.texts import item_texts  # noqa: E402
 from grec_dagster.models.text_tower import TextTowerParams  # noqa: E402
@@ -37,7 +36,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
 
     graph = movielens_graph()
-    items = load_movielens_100k(fetch_movielens_100k(Path(default_paths()["data_cache"]))).items
+    items = load_movielens_100k(fetch_movielens_100k(HomeLayout.current().data_cache)).items
     texts = item_texts(items, graph.item_ids)
     item_text = TextEncoder().encode(texts)
     train = TrainParams(epochs=args.epochs, patience=args.epochs)

@@ -16,40 +16,44 @@ from pathlib import Path
 
 import pandas as pd
 
-from assets.fusion import FusionConfig
 from grec_dagster.evaluation.evaluator import evaluate, ranking_task
 from grec_dagster.evaluation.tables import headline_table
 from grec_dagster.graph.interactions import TEST, VALID, InteractionGraph
-from grec_dagster.training.loop import TrainParams
-from grec_dagster.training.train_fusion import POPULARITY, FusionParams, fusion_scores, tower_inputs, train_fusion
+from grec_dagster.layout import (
+    GRAPHSAGE,
+    LIGHTGCN,
+    POPULARITY,
+    TEMPORAL,
+    TEMPORAL_PROFILES,
+    TEXT_TOWER,
+    CheckpointLayout,
+)
+from grec_dagster.models.towers import towers_at, trained_towers
+from grec_dagster.training.train_fusion import FusionParams, FusionTraining, fusion_scores, train_fusion
 
+ALL = [POPULARITY, LIGHTGCN, GRAPHSAGE, TEMPORAL, TEXT_TOWER]
 VARIANTS: dict[str, tuple[list[str], dict]] = {
-    "all towers (the asset's default)": ([POPULARITY, "lightgcn", "graphsage", "temporal", "llm"], {}),
-    "all, temporal with profiles": ([POPULARITY, "lightgcn", "graphsage", "temporal_profiles", "llm"], {}),
-    "all but popularity": (["lightgcn", "graphsage", "temporal", "llm"], {}),
-    "popularity + lightgcn": ([POPULARITY, "lightgcn"], {}),
-    "popularity + graphsage": ([POPULARITY, "graphsage"], {}),
-    "popularity + temporal": ([POPULARITY, "temporal"], {}),
-    "popularity + llm (text tower)": ([POPULARITY, "llm"], {}),
-    "all, no per-item offsets (item_l2 = 10)": ([POPULARITY, "lightgcn", "graphsage", "temporal", "llm"], {"item_l2": 10.0}),
-    "all, context biases only (hidden = 1, item_l2 = 10)": (
-        [POPULARITY, "lightgcn", "graphsage", "temporal", "llm"],
-        {"item_l2": 10.0, "hidden": 1},
-    ),
+    "all towers (the asset's default)": (ALL, {}),
+    "all, temporal with profiles": ([POPULARITY, LIGHTGCN, GRAPHSAGE, TEMPORAL_PROFILES, TEXT_TOWER], {}),
+    "all but popularity": (ALL[1:], {}),
+    "popularity + lightgcn": ([POPULARITY, LIGHTGCN], {}),
+    "popularity + graphsage": ([POPULARITY, GRAPHSAGE], {}),
+    "popularity + temporal": ([POPULARITY, TEMPORAL], {}),
+    "popularity + text tower": ([POPULARITY, TEXT_TOWER], {}),
+    "all, no per-item offsets (item_l2 = 10)": (ALL, {"item_l2": 10.0}),
+    "all, context biases only (hidden = 1, item_l2 = 10)": (ALL, {"item_l2": 10.0, "hidden": 1}),
 }
 
 
-def run_variant(graph: InteractionGraph, root: Path, towers: list[str], overrides: dict) -> dict[str, float | str]:
-    defaults = FusionConfig().model_dump()
-    params = FusionParams.model_validate(defaults | overrides)
-    train = TrainParams.model_validate(defaults)
-    paths = {name: root / name / "model.safetensors" for name in towers if name != POPULARITY}
-    missing = [name for name, path in paths.items() if not path.exists()]
+def run_variant(
+    graph: InteractionGraph, layout: CheckpointLayout, towers: list[str], overrides: dict
+) -> dict[str, float | str]:
+    params = FusionParams.model_validate({"towers": towers} | overrides)
+    missing = sorted(set(towers) - set(trained_towers(layout, towers)))
     if missing:
-        raise SystemExit(f"no checkpoint for {missing} under {root}: run `make results` first")
-    popularity = POPULARITY in towers
-    trained = train_fusion(graph, tower_inputs(graph, paths, VALID, popularity), params, train, events=[])
-    test = tower_inputs(graph, paths, TEST, popularity)
+        raise SystemExit(f"no checkpoint for {missing} under {layout.root}: run `make results` first")
+    trained = train_fusion(graph, towers_at(graph, layout, towers, VALID), params, FusionTraining(), events=[])
+    test = towers_at(graph, layout, towers, TEST)
     task = ranking_task(graph, TEST)
     results = pd.concat(
         [
@@ -74,11 +78,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, default=Path(".grec/results/movielens-100k-temporal-seed0"))
     args = parser.parse_args()
-    root = args.home / "checkpoints"
-    graph = InteractionGraph.load(root / "interaction_graph")
+    layout = CheckpointLayout(args.home / "checkpoints")
+    graph = InteractionGraph.load(layout.interaction_graph)
     rows = {}
     for name, (towers, overrides) in VARIANTS.items():
-        rows[name] = run_variant(graph, root, towers, overrides)
+        rows[name] = run_variant(graph, layout, towers, overrides)
         print(f"{name}: {rows[name]}", flush=True)
     print(f"\nfusion ablations, {graph.protocol} split, test set\n")
     print(pd.DataFrame(rows).T.round(4).to_markdown())

@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from grec_dagster.home import MLFLOW_EXPERIMENT, default_paths, grec_home, load_user_config
+from grec_dagster.layout import HomeLayout
+from grec_dagster.settings import MLFLOW_EXPERIMENT, user_setting
 
 DAGSTER_YAML = """\
 # Written by `grec init`: the local Dagster instance of grec, SQLite storage under this folder.
@@ -32,22 +33,22 @@ concurrency:
 
 def init_home() -> Path:
     """Create GREC_HOME and a Dagster instance config there, keeping an existing one."""
-    paths = default_paths()
-    dagster_home = Path(os.environ.get("DAGSTER_HOME", paths["dagster_home"]))
+    home = HomeLayout.current()
+    dagster_home = home.dagster_home
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():
         config.write_text(DAGSTER_YAML)
-    for key in ("checkpoints", "data_cache"):
-        Path(paths[key]).mkdir(parents=True, exist_ok=True)
+    for folder in (home.checkpoints, home.data_cache):
+        folder.mkdir(parents=True, exist_ok=True)
     return dagster_home
 
 
 def _cmd_init(_: argparse.Namespace) -> int:
     dagster_home = init_home()
-    tracking_uri = default_paths()["mlflow_tracking_uri"]
-    _create_tracking_store(tracking_uri)
-    print(f"GREC_HOME={grec_home()}\nDAGSTER_HOME={dagster_home}\nMLflow store: {tracking_uri}")
+    home = HomeLayout.current()
+    _create_tracking_store(home.mlflow_tracking_uri)
+    print(f"GREC_HOME={home.home}\nDAGSTER_HOME={dagster_home}\nMLflow store: {home.mlflow_tracking_uri}")
     return 0
 
 
@@ -62,7 +63,7 @@ def _create_tracking_store(tracking_uri: str) -> None:
 def _cmd_data_fetch(_: argparse.Namespace) -> int:
     from grec_dagster.data.movielens import fetch_movielens_100k
 
-    folder = fetch_movielens_100k(Path(default_paths()["data_cache"]))
+    folder = fetch_movielens_100k(HomeLayout.current().data_cache)
     print(f"MovieLens-100K verified in {folder}")
     return 0
 
@@ -73,7 +74,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from grec_dagster.evaluation.results import load_results
     from grec_dagster.evaluation.tables import headline_table, markdown_preview
 
-    warehouse = Path(default_paths()["warehouse"])
+    warehouse = _warehouse()
     if not warehouse.exists():
         print(f"no warehouse at {warehouse}: materialize the assets first (make demo)", file=sys.stderr)
         return 1
@@ -88,21 +89,20 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setting(resource: str, field: str, default: str) -> str:
-    """A resource field as GREC_CONFIG sets it, else the embedded default."""
-    return str(load_user_config().get(resource, {}).get(field, default))
+def _warehouse() -> Path:
+    return Path(user_setting("warehouse", "path", HomeLayout.current().warehouse))
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from grec_dagster.serving.index import IndexInputs, load_index
 
-    paths = default_paths()
+    home = HomeLayout.current()
     inputs = IndexInputs(
-        checkpoints=Path(_setting("checkpoints", "root", paths["checkpoints"])),
-        warehouse=Path(_setting("warehouse", "path", paths["warehouse"])),
+        checkpoints=Path(user_setting("checkpoints", "root", home.checkpoints)),
+        warehouse=_warehouse(),
     )
     try:
-        index = load_index(inputs, grec_home() / "serving" / "recommend_index.npz")
+        index = load_index(inputs, home.serving_index)
     except FileNotFoundError as error:
         print(f"cannot recommend yet: {error}", file=sys.stderr)
         return 1
@@ -119,13 +119,13 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _mlflow_tracking_uri() -> str:
-    return _setting("mlflow", "tracking_uri", default_paths()["mlflow_tracking_uri"])
+    return str(user_setting("mlflow", "tracking_uri", HomeLayout.current().mlflow_tracking_uri))
 
 
 def _cmd_runs_compare(args: argparse.Namespace) -> int:
     from grec_dagster.training.runs import compare_runs
 
-    experiment = args.experiment or _setting("mlflow", "experiment", MLFLOW_EXPERIMENT)
+    experiment = args.experiment or user_setting("mlflow", "experiment", MLFLOW_EXPERIMENT)
     try:
         table = compare_runs(_mlflow_tracking_uri(), experiment, args.last, args.prefix)
     except LookupError as error:
@@ -144,7 +144,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     dagster_home = init_home()
     env = os.environ | {"DAGSTER_HOME": str(dagster_home)}
     services = ui_services(args.dagster_port, args.mlflow_port, _mlflow_tracking_uri(), dagster_home)
-    return serve(services, env, grec_home() / "logs", args.timeout)
+    return serve(services, env, HomeLayout.current().logs, args.timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:

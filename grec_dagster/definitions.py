@@ -6,9 +6,9 @@ file GREC_CONFIG names, so the same code runs on a laptop or against shared serv
 
 import dagster as dg
 
-from assets import evaluation, fusion, graph, ingestion, llm, quality, temporal, training
+from assets import evaluation, features, fusion, ingestion, ingestion_checks, llm, training
 from grec_dagster.automation import AutomationSettings, build_automation
-from grec_dagster.home import default_paths, load_user_config
+from grec_dagster.layout import HomeLayout
 from grec_dagster.resources import (
     CheckpointStoreResource,
     DataSourceResource,
@@ -18,20 +18,21 @@ from grec_dagster.resources import (
     QualityResource,
     WarehouseResource,
 )
+from grec_dagster.settings import load_user_config
 
 
 def build_resources(overrides: dict[str, dict] | None = None) -> dict[str, dg.ConfigurableResource]:
     """The embedded defaults, with `overrides[name]` merged into resource `name`."""
     overrides = overrides or {}
-    paths = default_paths()
+    home = HomeLayout.current()
     defaults: dict[str, tuple[type[dg.ConfigurableResource], dict]] = {
-        "warehouse": (WarehouseResource, {"path": paths["warehouse"]}),
+        "warehouse": (WarehouseResource, {"path": str(home.warehouse)}),
         "mlflow": (
             MlflowResource,
-            {"tracking_uri": paths["mlflow_tracking_uri"], "artifact_location": paths["mlflow_artifacts"]},
+            {"tracking_uri": home.mlflow_tracking_uri, "artifact_location": home.mlflow_artifacts},
         ),
-        "checkpoints": (CheckpointStoreResource, {"root": paths["checkpoints"]}),
-        "source": (DataSourceResource, {"cache_dir": paths["data_cache"]}),
+        "checkpoints": (CheckpointStoreResource, {"root": str(home.checkpoints)}),
+        "source": (DataSourceResource, {"cache_dir": str(home.data_cache)}),
         "quality": (QualityResource, {}),
         "gpu": (GpuResource, {}),
         "llm": (LlmResource, {}),
@@ -42,7 +43,7 @@ def build_resources(overrides: dict[str, dict] | None = None) -> dict[str, dg.Co
     return {name: cls(**(settings | overrides.get(name, {}))) for name, (cls, settings) in defaults.items()}
 
 
-ASSETS = dg.load_assets_from_modules([ingestion, graph, llm, training, temporal, fusion, evaluation])
+ASSETS = dg.load_assets_from_modules([ingestion, features, llm, training, fusion, evaluation])
 
 
 def build_definitions(overrides: dict[str, dict] | None = None) -> dg.Definitions:
@@ -56,7 +57,7 @@ def build_definitions(overrides: dict[str, dict] | None = None) -> dg.Definition
     automation = build_automation(settings, assets, raw.key)
     return dg.Definitions(
         assets=assets,
-        asset_checks=quality.build_quality_checks(raw),
+        asset_checks=ingestion_checks.build_quality_checks(raw),
         jobs=automation.jobs,
         schedules=automation.schedules,
         sensors=[*ingestion.landing_sensors(raw), *automation.sensors],

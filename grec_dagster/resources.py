@@ -18,9 +18,10 @@ from pydantic import Field
 
 from grec_dagster.data.quality import QualityParams
 from grec_dagster.data.sources import DataSource, SourceParams, make_source
-from grec_dagster.home import MLFLOW_EXPERIMENT
+from grec_dagster.layout import CheckpointLayout
 from grec_dagster.llm.profile_schema import DEFAULT_MAX_EVENTS
 from grec_dagster.llm.prompting import DEFAULT_PROMPT
+from grec_dagster.settings import MLFLOW_EXPERIMENT
 from grec_dagster.training.devices import DeviceStatus, Placement, place, probe_devices
 from grec_dagster.training.tracking import TrackedRun, tracked_run
 
@@ -78,14 +79,14 @@ class MlflowResource(dg.ConfigurableResource):
 
 
 class CheckpointStoreResource(dg.ConfigurableResource):
-    """A folder per asset for checkpoints and other artifacts (a shared mount when scaled out)."""
+    """A folder per asset for checkpoints and other artifacts (a shared mount when scaled out);
+    which file is where is `layout.CheckpointLayout`'s."""
 
     root: str = Field(description="Folder under which each asset gets its own folder.")
 
-    def folder(self, name: str) -> Path:
-        path = Path(self.root) / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    @property
+    def layout(self) -> CheckpointLayout:
+        return CheckpointLayout(Path(self.root))
 
 
 class DataSourceResource(dg.ConfigurableResource, SourceParams):

@@ -44,7 +44,7 @@ QUICK_TRAINING = {
     "graphsage_checkpoint": {"config": {"epochs": 1, "batch_size": 1024, "dim": 16}},
     "temporal_checkpoint": {"config": {"epochs": 1, "dim": 16, "neighbors": 5}},
     "temporal_profiles_checkpoint": {"config": {"epochs": 1, "dim": 16, "neighbors": 5}},
-    "llm_checkpoint": {"config": {"epochs": 1, "batch_size": 1024}},
+    "text_tower_checkpoint": {"config": {"epochs": 1, "batch_size": 1024}},
     "fusion_checkpoint": {"config": {"epochs": 2}},
 }
 MULTIPROCESS = {
@@ -76,7 +76,7 @@ def everything():
     import dagster as dg
 
     from grec_dagster.definitions import build_definitions
-    from grec_dagster.home import load_user_config
+    from grec_dagster.settings import load_user_config
 
     defs = dg.Definitions.merge(
         build_definitions(load_user_config()), dg.Definitions(jobs=[dg.define_asset_job("everything")])

@@ -15,7 +15,7 @@ from grec_dagster.automation import RETRAIN_JOB, retrain_selection
 from grec_dagster.cli import DAGSTER_YAML
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
 from grec_dagster.definitions import build_definitions
-from grec_dagster.home import load_user_config
+from grec_dagster.settings import load_user_config
 from grec_dagster.training.devices import DeviceStatus, accelerator_for, place
 
 SENSOR = "retrain_on_new_data"
@@ -55,7 +55,7 @@ def test_retrain_selects_features_training_and_evaluation_but_not_ingestion(grec
         "temporal_checkpoint",
         "evaluation_report",
         "user_profiles",
-        "llm_checkpoint",
+        "text_tower_checkpoint",
         "temporal_profiles_checkpoint",
         "fusion_checkpoint",
         "recommendations",

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from grec_dagster.definitions import ASSETS, build_definitions, build_resources
-from grec_dagster.training.grokking import NONE_DETECTED
+from grec_dagster.grokking import NONE_DETECTED
 
 FAST_TRAINING = {
     "ops": {
@@ -16,7 +16,7 @@ FAST_TRAINING = {
         "graphsage_checkpoint": {"config": {"epochs": 2, "batch_size": 1024, "dim": 16}},
         "temporal_checkpoint": {"config": {"epochs": 2, "dim": 16, "neighbors": 5, "memory": True}},
         "temporal_profiles_checkpoint": {"config": {"epochs": 2, "dim": 16, "neighbors": 5, "memory": True}},
-        "llm_checkpoint": {"config": {"epochs": 2, "batch_size": 1024}},
+        "text_tower_checkpoint": {"config": {"epochs": 2, "batch_size": 1024}},
         "fusion_checkpoint": {"config": {"epochs": 3}},
     }
 }
@@ -28,7 +28,7 @@ def test_definitions_load_and_validate(grec_home):
     assert {"raw_interactions", "items", "users", "user_histories", "interaction_graph", "lightgcn_checkpoint",
             "popularity_baselines", "evaluation_report", "temporal_graph", "temporal_checkpoint",
             "graphsage_checkpoint", "temporal_profiles_checkpoint", "user_profiles", "item_text_embeddings",
-            "profile_embeddings", "llm_checkpoint", "fusion_checkpoint", "recommendations", "mlflow_comparison"} <= keys
+            "profile_embeddings", "text_tower_checkpoint", "fusion_checkpoint", "recommendations", "mlflow_comparison"} <= keys
     done = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "grec_dagster.definitions"],
         capture_output=True, text=True,
@@ -53,7 +53,7 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
         assert temporal["grokking.all"].value == NONE_DETECTED  # too few epochs to grok: said explicitly
         fusion = result.asset_materializations_for_node("fusion_checkpoint")[0].metadata
         assert fusion["grokking.all"].value == NONE_DETECTED
-        assert set(fusion["towers"].value) == {"popularity", "lightgcn", "graphsage", "temporal", "llm"}
+        assert set(fusion["towers"].value) == {"popularity", "lightgcn", "graphsage", "temporal", "text_tower"}
         recommendations = result.asset_materializations_for_node("recommendations")[0].metadata
         assert recommendations["rows"].value > 0
         assert instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")) is not None
@@ -62,11 +62,11 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
         accepted, read = con.execute("SELECT count(*), 6000 FROM interactions").fetchone()
         quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     assert models == {
-        "most_popular", "most_popular_recent", "lightgcn", "graphsage", "temporal", "temporal_profiles", "llm",
+        "most_popular", "most_popular_recent", "lightgcn", "graphsage", "temporal", "temporal_profiles", "text_tower",
         "popularity_tower", "static_fusion", "gated_fusion",
     }
     assert accepted + quarantined == read
     assert (grec_home / "checkpoints" / "lightgcn" / "model.safetensors").exists()
     assert (grec_home / "checkpoints" / "graphsage" / "model.safetensors").exists()
-    for tower in ("lightgcn", "graphsage", "temporal", "temporal_profiles", "llm"):
+    for tower in ("lightgcn", "graphsage", "temporal", "temporal_profiles", "text_tower"):
         assert (grec_home / "checkpoints" / tower / "grokking.json").exists()

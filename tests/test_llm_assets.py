@@ -10,7 +10,7 @@ import pytest
 from grec_dagster.definitions import build_definitions
 from grec_dagster.llm.profile_schema import UserProfile
 from grec_dagster.llm.texts import FACETS
-from grec_dagster.training.checkpoints import load_tensors
+from grec_dagster.storage import load_tensors
 
 UPSTREAM = ["raw_interactions", "items", "users", "interaction_graph", "user_histories"]
 SMALL_SHOP = {"source": {"kind": "synthetic", "synthetic_interactions": 1500, "synthetic_days": 30}}

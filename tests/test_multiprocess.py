@@ -9,9 +9,12 @@ import time
 import dagster as dg
 import duckdb
 
-from grec_dagster.resources import WarehouseResource
+from grec_dagster.definitions import build_definitions
+from grec_dagster.layout import TOWERS, Scorer
+from grec_dagster.resources import GPU_POOL, WarehouseResource
 
-GPU_STEPS = ("lightgcn_checkpoint", "graphsage_checkpoint", "temporal_checkpoint")
+GPU_STEPS = tuple(spec.asset for spec in TOWERS.values() if spec.scorer == Scorer.EMBEDDINGS)
+"""Every trained tower's asset: all of them sit in the `gpu` pool (checked below)."""
 DUCKDB_WRITERS = ("raw_interactions", "items", "users")
 
 Span = tuple[float, float]
@@ -46,6 +49,13 @@ def test_the_whole_graph_ran_in_parallel_processes(materialized):
     with duckdb.connect(str(materialized.home / "warehouse.duckdb"), read_only=True) as con:
         models = {row[0] for row in con.execute("SELECT DISTINCT model FROM evaluation_results").fetchall()}
     assert {"lightgcn", "graphsage", "temporal"} <= models
+
+
+def test_every_trained_tower_and_only_they_sit_in_the_gpu_pool():
+    in_pool = {
+        key.to_user_string() for asset in build_definitions().assets for key in asset.keys if asset.op.pool == GPU_POOL
+    }
+    assert in_pool == set(GPU_STEPS)
 
 
 def test_the_gpu_pool_ran_one_training_step_at_a_time(materialized):

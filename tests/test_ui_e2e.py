@@ -35,7 +35,7 @@ STAGES = {
         "graphsage_checkpoint",
         "temporal_checkpoint",
         "temporal_profiles_checkpoint",
-        "llm_checkpoint",
+        "text_tower_checkpoint",
     },
     "fusion": {"fusion_checkpoint", "recommendations"},
     "evaluation": {"evaluation_report", "mlflow_comparison"},
@@ -175,7 +175,7 @@ def test_the_dagster_and_mlflow_uis_show_the_materialized_project(ui: RunningUI,
     }
     assert evaluation_metadata["results"] == "MarkdownMetadataEntry"
     [results] = [e for e in nodes["evaluation_report"]["assetMaterializations"][0]["metadataEntries"] if e["label"] == "results"]
-    for model in ("lightgcn", "llm", "static_fusion", "gated_fusion"):
+    for model in ("lightgcn", "text_tower", "static_fusion", "gated_fusion"):
         assert re.search(rf"\| {model} +\| +[0-9.]+", results["mdStr"]), results["mdStr"]
     assert all(nodes[name]["pools"] == ["gpu"] for name in STAGES["training"] - {"popularity_baselines"})
     checks = {c["name"]: c for name in STAGES["ingestion"] for c in nodes[name]["assetChecksOrError"]["checks"]}

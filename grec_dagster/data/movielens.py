@@ -17,6 +17,7 @@ import pandas as pd
 
 from grec_dagster.data.errors import DataSourceError
 from grec_dagster.data.schema import CATEGORY_SEPARATOR, SourceFrames
+from grec_dagster.storage import atomic_write
 
 SOURCE_NAME = "movielens-100k"
 WHEEL_REQUIREMENT = "recbole==1.2.1"
@@ -53,9 +54,7 @@ def fetch_movielens_100k(cache_dir: Path) -> Path:
                 data = wheel.read(f"{WHEEL_FOLDER}/{name}")
                 if hashlib.sha256(data).hexdigest() != digest:
                     raise DataSourceError("checksum mismatch", file=f"{wheels[0].name}:{WHEEL_FOLDER}/{name}")
-                partial = folder / f"{name}.partial"
-                partial.write_bytes(data)
-                partial.replace(folder / name)
+                atomic_write(folder / name, lambda partial, data=data: partial.write_bytes(data))
     return folder
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from grec_dagster.data.schema import DUCKDB_TYPES, INTERACTION_COLUMNS, ITEM_COLUMNS, QUARANTINE_COLUMNS
 from grec_dagster.data.validation import IngestedBatch
+from grec_dagster.storage import transaction
 
 TABLES: dict[str, dict[str, str]] = {
     "interactions": INTERACTION_COLUMNS,
@@ -42,20 +43,16 @@ def replace_batches(
     kept = pd.DataFrame({"source": sorted(set(keep) - set(batches))}, dtype="string")
     con.register("kept_batches", kept)
     try:
-        con.execute("BEGIN TRANSACTION")
-        for table in ("interactions", "quarantine"):
-            con.execute(f"DELETE FROM {table} WHERE source IS NULL OR source NOT IN (SELECT source FROM kept_batches)")
-        for batch in batches.values():
-            con.register("accepted_rows", batch.accepted)
-            con.register("quarantined_rows", batch.quarantine)
-            con.execute("INSERT INTO interactions SELECT * FROM accepted_rows")
-            con.execute("INSERT INTO quarantine SELECT * FROM quarantined_rows")
-            con.unregister("accepted_rows")
-            con.unregister("quarantined_rows")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            for table in ("interactions", "quarantine"):
+                con.execute(f"DELETE FROM {table} WHERE source IS NULL OR source NOT IN (SELECT source FROM kept_batches)")
+            for batch in batches.values():
+                con.register("accepted_rows", batch.accepted)
+                con.register("quarantined_rows", batch.quarantine)
+                con.execute("INSERT INTO interactions SELECT * FROM accepted_rows")
+                con.execute("INSERT INTO quarantine SELECT * FROM quarantined_rows")
+                con.unregister("accepted_rows")
+                con.unregister("quarantined_rows")
     finally:
         con.unregister("kept_batches")
 
@@ -73,14 +70,10 @@ def replace_catalog(con: duckdb.DuckDBPyConnection, table: str, batch: IngestedB
     con.register("new_rows", batch.accepted)
     con.register("rejected_rows", batch.quarantine)
     try:
-        con.execute("BEGIN TRANSACTION")
-        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM new_rows")
-        con.execute("DELETE FROM catalog_quarantine WHERE table_name = $table", {"table": table})
-        con.execute("INSERT INTO catalog_quarantine SELECT $table, * FROM rejected_rows", {"table": table})
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM new_rows")
+            con.execute("DELETE FROM catalog_quarantine WHERE table_name = $table", {"table": table})
+            con.execute("INSERT INTO catalog_quarantine SELECT $table, * FROM rejected_rows", {"table": table})
     finally:
         con.unregister("new_rows")
         con.unregister("rejected_rows")

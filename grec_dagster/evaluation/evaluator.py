@@ -7,15 +7,14 @@ import torch
 
 from grec_dagster.evaluation.metrics import RankingTask, ScoreFn, rank_users
 from grec_dagster.evaluation.segments import item_segments, user_segments
-from grec_dagster.graph.interactions import SPLIT_NAMES, TEST, TRAIN, VALID, InteractionGraph
+from grec_dagster.graph.interactions import SPLIT_NAMES, TEST, InteractionGraph, known_before
 
 KS = (10, 20)
 
 
 def ranking_task(graph: InteractionGraph, split: int) -> RankingTask:
     """Rank for `split`'s users; exclude what they had before it (train, plus valid when testing)."""
-    history = (TRAIN,) if split == VALID else (TRAIN, VALID)
-    return RankingTask.from_pairs(graph.pairs(split), graph.pairs(*history), graph.n_items)
+    return RankingTask.from_pairs(graph.pairs(split), graph.pairs(*known_before(split)), graph.n_items)
 
 
 def evaluate(

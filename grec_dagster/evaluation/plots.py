@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from grec_dagster.training.grokking import GrokkingEvent
+from grec_dagster.grokking import GrokkingEvent
 
 DPI = 80
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
+from grec_dagster.storage import transaction
+
 RESULT_COLUMNS = ("dataset", "protocol", "model", "split", "segment", "metric", "k", "value", "users")
 
 
@@ -18,16 +20,12 @@ def store_results(con: duckdb.DuckDBPyConnection, results: pd.DataFrame, run_id:
     rows = results.loc[:, list(RESULT_COLUMNS)].assign(run_id=run_id, created_at=pd.Timestamp.now(tz="UTC").tz_localize(None))
     con.register("new_results", rows)
     try:
-        con.execute("BEGIN TRANSACTION")
-        con.execute(
-            """DELETE FROM evaluation_results r USING (SELECT DISTINCT dataset, protocol, model FROM new_results) n
-               WHERE r.dataset = n.dataset AND r.protocol = n.protocol AND r.model = n.model"""
-        )
-        con.execute("INSERT INTO evaluation_results SELECT * FROM new_results")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute(
+                """DELETE FROM evaluation_results r USING (SELECT DISTINCT dataset, protocol, model FROM new_results) n
+                   WHERE r.dataset = n.dataset AND r.protocol = n.protocol AND r.model = n.model"""
+            )
+            con.execute("INSERT INTO evaluation_results SELECT * FROM new_results")
     finally:
         con.unregister("new_results")
 

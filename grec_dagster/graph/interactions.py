@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,8 +17,18 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from grec_dagster.layout import GRAPH_FILES
+from grec_dagster.storage import atomic_write, write_json
+
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
+EDGES, USER_IDS, ITEM_IDS, META = GRAPH_FILES
+
+
+def known_before(split: int) -> tuple[int, ...]:
+    """The splits whose events have happened when `split` is ranked: train for valid, train and
+    valid for test. What a model may read at that cut, and what the evaluator excludes as seen."""
+    return tuple(earlier for earlier in (TRAIN, VALID) if earlier < split)
 
 
 @dataclass
@@ -76,32 +85,25 @@ class InteractionGraph:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"users": self.users, "items": self.items, "ts": self.ts, "split": self.split}
-        _atomic(folder / "edges.safetensors", lambda p: save_file(tensors, p, metadata={"protocol": self.protocol}))
-        _atomic(folder / "user_ids.parquet", lambda p: pd.DataFrame({"user_id": self.user_ids}).to_parquet(p))
-        _atomic(folder / "item_ids.parquet", lambda p: pd.DataFrame({"item_id": self.item_ids}).to_parquet(p))
-        meta = {"protocol": self.protocol, "n_users": self.n_users, "n_items": self.n_items}
-        _atomic(folder / "graph.json", lambda p: Path(p).write_text(json.dumps(meta)))
+        atomic_write(folder / EDGES, lambda p: save_file(tensors, p, metadata={"protocol": self.protocol}))
+        atomic_write(folder / USER_IDS, lambda p: pd.DataFrame({"user_id": self.user_ids}).to_parquet(p))
+        atomic_write(folder / ITEM_IDS, lambda p: pd.DataFrame({"item_id": self.item_ids}).to_parquet(p))
+        write_json(folder / META, {"protocol": self.protocol, "n_users": self.n_users, "n_items": self.n_items})
 
     @classmethod
     def load(cls, folder: Path) -> InteractionGraph:
         folder = Path(folder)
-        tensors = load_file(folder / "edges.safetensors")
-        meta = json.loads((folder / "graph.json").read_text())
+        tensors = load_file(folder / EDGES)
+        meta = json.loads((folder / META).read_text())
         return cls(
-            user_ids=pd.read_parquet(folder / "user_ids.parquet")["user_id"].to_numpy(dtype=object),
-            item_ids=pd.read_parquet(folder / "item_ids.parquet")["item_id"].to_numpy(dtype=object),
+            user_ids=pd.read_parquet(folder / USER_IDS)["user_id"].to_numpy(dtype=object),
+            item_ids=pd.read_parquet(folder / ITEM_IDS)["item_id"].to_numpy(dtype=object),
             users=tensors["users"],
             items=tensors["items"],
             ts=tensors["ts"],
             split=tensors["split"],
             protocol=meta["protocol"],
         )
-
-
-def _atomic(path: Path, write) -> None:
-    partial = path.with_name(path.name + ".partial")
-    write(str(partial))
-    os.replace(partial, path)
 
 
 def encode_ids(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -18,13 +18,11 @@ import torch
 from torch import Tensor
 
 from grec_dagster.graph.csr import TemporalCSR
-from grec_dagster.graph.interactions import TEST, TRAIN, VALID, InteractionGraph
-from grec_dagster.training.checkpoints import load_tensors, save_tensors
+from grec_dagster.graph.interactions import InteractionGraph, known_before
+from grec_dagster.storage import load_tensors, save_tensors
 
 USER, ITEM = 0, 1
 """Node sides; a user's neighbors are items and an item's are users."""
-HISTORY = {VALID: (TRAIN,), TEST: (TRAIN, VALID)}
-"""The splits known when ranking a split: the evaluator's exclusions, seen from the model's side."""
 _CSR_FIELDS = tuple(field.name for field in fields(TemporalCSR))
 
 
@@ -79,7 +77,7 @@ class TemporalGraph:
         )
 
     def history_before(self, split: int) -> TemporalGraph:
-        return self.restrict(*HISTORY[split])
+        return self.restrict(*known_before(split))
 
     def cut_time(self, split: int) -> int:
         """When `split` is ranked: its first event (the temporal cut), yet after all of its history.

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grec_dagster.grokking import GrokkingEvent
 from grec_dagster.models.towers import CONTEXTS, ITEM_CONTEXTS, USER_CONTEXTS, PairFeatures, TowerInputs
-from grec_dagster.training.grokking import GrokkingEvent
 
 
 class Fusion(Protocol):
@@ -63,8 +63,11 @@ class StaticFusion:
 class GatedFusion(nn.Module):
     """The gated model of the module docstring."""
 
-    def __init__(self, n_items: int, static_weights: Tensor, hidden: int = 16, min_weight: float = 0.02):
+    def __init__(
+        self, n_items: int, static_weights: Tensor, hidden: int = 16, min_weight: float = 0.02, item_l2: float = 0.0
+    ):
         super().__init__()
+        self.item_l2 = item_l2
         n_towers = len(static_weights)
         prior = torch.log(static_weights.float().clamp(min=min_weight))
         self.context_bias = nn.Parameter(prior.repeat(len(CONTEXTS), 1))
@@ -87,10 +90,15 @@ class GatedFusion(nn.Module):
     def score(self, features: PairFeatures) -> Tensor:
         return self.contributions(features).sum(-1)
 
-    def bpr_loss(self, positive: PairFeatures, negative: PairFeatures, item_l2: float) -> Tensor:
-        margin = self.log_temperature.exp() * (self.score(positive) - self.score(negative))
-        penalty = self.item_bias[positive.items].pow(2).sum(-1) + self.item_bias[negative.items].pow(2).sum(-1)
-        return (-F.logsigmoid(margin) + item_l2 * penalty).mean()
+    def forward(
+        self, z: Tensor, context: Tensor, items: Tensor, user_activity: Tensor, item_activity: Tensor
+    ) -> Tensor:
+        """The loss of the module docstring over a batch of B (positive, negative) item pairs: the
+        `PairFeatures` fields of shape [B, 2] (z: [B, 2, T]), column 0 the positive."""
+        scores = self.score(PairFeatures(z, context, items, user_activity, item_activity))
+        margin = self.log_temperature.exp() * (scores[:, 0] - scores[:, 1])
+        penalty = self.item_bias[items].pow(2).sum((1, 2))
+        return (-F.logsigmoid(margin) + self.item_l2 * penalty).mean()
 
     @torch.no_grad()
     def shift(self, shifts: Iterable[GateShift], towers: Sequence[str]) -> None:

@@ -44,7 +44,8 @@ class LightGCN(nn.Module):
         final = total / (self.params.layers + 1)
         return final[: self.n_users], final[self.n_users :]
 
-    def bpr_loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    def forward(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """The BPR loss of a batch, as the module docstring states it (`negatives`: [batch] or [batch, k])."""
         user_emb, item_emb = self.propagate()
         negatives = negatives.view(len(users), -1)
         u, p, n = user_emb[users], item_emb[positives], item_emb[negatives]

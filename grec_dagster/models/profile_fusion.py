@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from grec_dagster.training.checkpoints import load_tensors, tensor_fingerprint
+from grec_dagster.storage import load_tensors, tensor_fingerprint
 
 
 @dataclass(frozen=True)

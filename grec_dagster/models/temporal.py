@@ -182,7 +182,10 @@ class NodeMemory(nn.Module):
 
 
 class TemporalGraphAttention(nn.Module):
-    """The model of the module docstring; `history` graphs supply the neighbors."""
+    """The model of the module docstring; `history` graphs supply the neighbors.
+
+    `forward` trains on chronological batches of `training_history`'s events (`train_on` sets it).
+    """
 
     def __init__(
         self,
@@ -217,6 +220,11 @@ class TemporalGraphAttention(nn.Module):
             if profiles is not None
             else None
         )
+        self.training_history: TemporalGraph | None = None
+
+    def train_on(self, history: TemporalGraph) -> None:
+        """The events `forward`'s batches come from, whose neighbors they may look up."""
+        self.training_history = history
 
     @property
     def n_users(self) -> int:
@@ -281,6 +289,16 @@ class TemporalGraphAttention(nn.Module):
         user = self.embed(history, users, USER, ts, memory)
         positive, negative = self.embed(history, torch.cat([items, negatives]), ITEM, ts.repeat(2), memory).chunk(2)
         return -F.logsigmoid((user * positive).sum(-1) - (user * negative).sum(-1)).mean()
+
+    def forward(self, users: Tensor, items: Tensor, ts: Tensor, negatives: Tensor) -> Tensor:
+        """The BPR loss of the next chronological batch of training events; the memory moves on as
+        TGN trains it (this batch's messages are applied at the start of the next)."""
+        if self.training_history is None:
+            raise RuntimeError("train_on(history) first: forward trains on a history's event stream")
+        memory = self.memory_view()
+        loss = self.bpr_loss(self.training_history, users, items, ts, negatives, memory)
+        self.observe(memory, users, items, ts)
+        return loss
 
     def reset_memory(self) -> None:
         if self.memory is not None:

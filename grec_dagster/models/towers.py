@@ -1,5 +1,8 @@
 """What fusion sees of its towers at one time cut: comparable scores and each pair's context.
 
+Which towers exist, where their checkpoints live and how each scores is `grec_dagster.layout`'s
+registry; `towers_at` turns registry entries into scores at a cut.
+
 A tower scores every item for a user: r(u, i) = <p_u, q_i> for an embedding tower, r(u, i) = q_i
 for a user-independent one (popularity). Scales differ (dot products, event counts), so each
 tower is standardized per user over all items, which also makes a user's scores from different
@@ -18,13 +21,19 @@ divided by their maxima (so both lie in [0, 1]).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from grec_dagster.evaluation.segments import item_segments_from_counts
+from grec_dagster.graph.interactions import VALID, InteractionGraph, known_before
+from grec_dagster.layout import POPULARITY, TOWERS, CheckpointLayout, Scorer
+from grec_dagster.models.popularity import most_popular_recent
+from grec_dagster.storage import load_tensors
 
 USER_CONTEXTS = ("cold_users", "warm_users")
 ITEM_CONTEXTS = ("cold_items", "head_items", "tail_items")
@@ -148,3 +157,40 @@ def _moments(raw: Tensor) -> tuple[Tensor, Tensor]:
 def _scaled_log(counts: Tensor) -> Tensor:
     logs = torch.log1p(counts.float())
     return logs / logs.max().clamp(min=1.0)
+
+
+def tower_inputs(
+    graph: InteractionGraph, checkpoints: Mapping[str, Path], cut: int, popularity: bool
+) -> TowerInputs:
+    """The towers as they were at the start of split `cut` (VALID or TEST): popularity first (when
+    wanted), counted over the events known then, then each embedding checkpoint in `checkpoints`.
+
+    At the validation cut a tower that stored `valid_*` embeddings (it reads events after training,
+    as GraphSAGE does) gives those; the others read training events only, so one pair of embeddings
+    serves both cuts.
+    """
+    known = known_before(cut)
+    towers = [Tower(POPULARITY, most_popular_recent(graph, splits=known))] if popularity else []
+    for name, path in checkpoints.items():
+        tensors, _ = load_tensors(path)
+        prefix = "valid_" if cut == VALID and "valid_user_embedding" in tensors else ""
+        towers.append(Tower(name, tensors[f"{prefix}item_embedding"], tensors[f"{prefix}user_embedding"]))
+    users, items, _ = graph.edges(*known)
+    return TowerInputs(
+        tuple(towers), torch.bincount(users, minlength=graph.n_users), torch.bincount(items, minlength=graph.n_items)
+    )
+
+
+def towers_at(graph: InteractionGraph, layout: CheckpointLayout, names: Sequence[str], cut: int) -> TowerInputs:
+    """The registered towers `names` at `cut` (popularity first when named), from their checkpoints."""
+    checkpoints = {name: layout.model(name).checkpoint for name in names if TOWERS[name].scorer == Scorer.EMBEDDINGS}
+    return tower_inputs(graph, checkpoints, cut, popularity=POPULARITY in names)
+
+
+def trained_towers(layout: CheckpointLayout, names: Sequence[str]) -> list[str]:
+    """The towers among `names` that can score now: popularity always, the others once trained."""
+    return [
+        name
+        for name in names
+        if TOWERS[name].scorer != Scorer.EMBEDDINGS or layout.model(name).checkpoint.exists()
+    ]

@@ -9,36 +9,36 @@ and is rebuilt when one of them changes, so a retrain shows up on the next call.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from grec_dagster.layout import GRAPH_FILES, LIGHTGCN, POPULARITY, CheckpointLayout
 from grec_dagster.serving.blend import DotTower, ItemTower, Pick, Tower, blend
-
-GRAPH_FILES = ("edges.safetensors", "user_ids.parquet", "item_ids.parquet", "graph.json")
+from grec_dagster.storage import atomic_write
 
 
 @dataclass(frozen=True)
 class TowerSource:
-    path: str
-    """The checkpoint, under the checkpoint root."""
+    path: Callable[[CheckpointLayout], Path]
+    """Where its checkpoint is."""
     arrays: dict[str, tuple[str, str]]
     """Index array -> (tensor in the checkpoint, `users` or `items`: whose rows it has)."""
 
 
-TOWERS = {
-    "lightgcn": TowerSource(
-        "lightgcn/model.safetensors",
+SOURCES = {
+    LIGHTGCN: TowerSource(
+        lambda layout: layout.model(LIGHTGCN).checkpoint,
         {"user_embedding": ("user_embedding", "users"), "item_embedding": ("item_embedding", "items")},
     ),
-    "popularity": TowerSource(
-        "popularity_baselines/scores.safetensors", {"item_scores": ("most_popular_recent", "items")}
+    POPULARITY: TowerSource(
+        lambda layout: layout.popularity_scores, {"item_scores": ("most_popular_recent", "items")}
     ),
 }
-"""The towers `grec recommend` blends; a fusion stage adds its own here."""
-WEIGHTS = {"lightgcn": 1.0, "popularity": 0.5}
+"""The towers `grec recommend` blends."""
+WEIGHTS = {LIGHTGCN: 1.0, POPULARITY: 0.5}
 """Fixed blend weights until a fusion stage learns them: collaborative signal first, popularity as a prior."""
 
 
@@ -47,9 +47,13 @@ class IndexInputs:
     checkpoints: Path
     warehouse: Path
 
+    @property
+    def layout(self) -> CheckpointLayout:
+        return CheckpointLayout(self.checkpoints)
+
     def files(self) -> list[Path]:
-        graph = [self.checkpoints / "interaction_graph" / name for name in GRAPH_FILES]
-        return [*graph, *(self.checkpoints / tower.path for tower in TOWERS.values()), self.warehouse]
+        graph = [self.layout.interaction_graph / name for name in GRAPH_FILES]
+        return [*graph, *(tower.path(self.layout) for tower in SOURCES.values()), self.warehouse]
 
 
 @dataclass
@@ -83,11 +87,13 @@ def load_index(inputs: IndexInputs, cache: Path) -> ServingIndex:
             if str(stored["stamp"]) == stamp:
                 return _from_arrays(stored)
     arrays = _build_arrays(inputs) | {"stamp": np.array(stamp)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + ".partial.npz")
-    np.savez(partial, **arrays)
-    os.replace(partial, cache)
+    atomic_write(cache, lambda partial: _save_npz(partial, arrays))
     return _from_arrays(arrays)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:  # a file handle: given a path, NumPy would add its own suffix
+        np.savez(handle, **arrays)
 
 
 def _stamp(files: list[Path]) -> str:
@@ -103,7 +109,7 @@ def _stamp(files: list[Path]) -> str:
 
 def _from_arrays(arrays) -> ServingIndex:
     towers: list[Tower] = []
-    for name in TOWERS:
+    for name in SOURCES:
         if f"{name}/item_embedding" in arrays:
             towers.append(DotTower(name, arrays[f"{name}/user_embedding"], arrays[f"{name}/item_embedding"]))
         elif f"{name}/item_scores" in arrays:
@@ -123,8 +129,8 @@ def _build_arrays(inputs: IndexInputs) -> dict[str, np.ndarray]:
     """Everything the index holds, read with the same loaders the assets use."""
     from grec_dagster.graph.interactions import InteractionGraph
 
-    folder = inputs.checkpoints / "interaction_graph"
-    if not (folder / "graph.json").exists():
+    folder = inputs.layout.interaction_graph
+    if not folder.exists():
         raise FileNotFoundError(f"no interaction graph in {folder}: materialize interaction_graph first")
     graph = InteractionGraph.load(folder)
     pairs = np.unique(graph.users.numpy() * graph.n_items + graph.items.numpy())
@@ -137,10 +143,8 @@ def _build_arrays(inputs: IndexInputs) -> dict[str, np.ndarray]:
         "seen_items": pairs % graph.n_items,
     }
     notes, towers = [f"titles: {why}"] if why else [], 0
-    for name, tower in TOWERS.items():
-        found, why = _tower_arrays(
-            inputs.checkpoints / tower.path, tower, {"users": graph.n_users, "items": graph.n_items}
-        )
+    for name, tower in SOURCES.items():
+        found, why = _tower_arrays(tower.path(inputs.layout), tower, {"users": graph.n_users, "items": graph.n_items})
         arrays |= {f"{name}/{key}": value for key, value in found.items()}
         notes += [f"{name}: {why}"] if why else []
         towers += bool(found)
@@ -151,7 +155,7 @@ def _build_arrays(inputs: IndexInputs) -> dict[str, np.ndarray]:
 
 def _tower_arrays(path: Path, tower: TowerSource, rows: dict[str, int]) -> tuple[dict[str, np.ndarray], str | None]:
     """A tower's arrays, or none and why: missing, or shaped for another graph (trained before it changed)."""
-    from grec_dagster.training.checkpoints import load_tensors
+    from grec_dagster.storage import load_tensors
 
     if not path.exists():
         return {}, f"no checkpoint at {path}: materialize it"

@@ -13,8 +13,8 @@ from torch import nn
 from grec_dagster.evaluation.evaluator import ranking_task, validation_ndcg
 from grec_dagster.evaluation.segments import item_segments
 from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
+from grec_dagster.storage import save_tensors
 from grec_dagster.training.bpr import BPRSampler
-from grec_dagster.training.checkpoints import save_tensors
 from grec_dagster.training.loop import TrainResult
 
 EmbedFn = Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor]]

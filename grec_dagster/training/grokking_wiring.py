@@ -4,8 +4,8 @@ Every tower is checked the same way, after training: its epoch records, as `fit`
 (a resumed run's restored epochs included), feed a `GrokkingMonitor` with the training loss
 and each segment's validation NDCG@20. Each segment's verdict, "none detected" included, is
 recorded in MLflow (a `grokking_jump/<segment>` metric at the jump's epoch, a
-`grokking.<segment>` tag, a `grokking.json` artifact) and in `grokking.json` next to the
-tower's checkpoint, where the fusion reads which towers grokked.
+`grokking.<segment>` tag, a JSON artifact) and in the model's grokking file next to its
+checkpoint (`layout.ModelFiles.grokking`), where the fusion reads which towers grokked.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grec_dagster.training.checkpoints import write_json
-from grec_dagster.training.grokking import GrokkingConfig, GrokkingEvent, GrokkingMonitor
+from grec_dagster.grokking import GrokkingConfig, GrokkingEvent, GrokkingMonitor
+from grec_dagster.storage import write_json
 from grec_dagster.training.tracking import TrackedRun
 
 WATCHED_METRIC = "ndcg@20"
 """Validation records hold it overall and as `ndcg@20/<segment>` (see `validation_ndcg`)."""
 OVERALL = "all"
-FILE_NAME = "grokking.json"
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,13 @@ def check_grokking(
     return GrokkingCheck(tower, metric, monitor.config, tuple(monitor.events), monitor.summary().get(tower, {}))
 
 
-def record_grokking(check: GrokkingCheck, run: TrackedRun, folder: Path) -> None:
-    """Write the check to the MLflow run and to `folder / grokking.json`."""
+def record_grokking(check: GrokkingCheck, run: TrackedRun, path: Path) -> None:
+    """Write the check to the MLflow run and to `path` (the model's `grokking.json`), where fusion reads it."""
     run.log_metrics({"grokking_events": float(len(check.events))})  # 0 in every run comparison when none fired
     for event in check.events:
         run.log_metrics({f"grokking_jump/{event.segment}": event.jump_abs}, step=event.epoch)
     if check.verdicts:
         run.set_tags({f"grokking.{segment}": verdict for segment, verdict in check.verdicts.items()})
     payload = check.to_dict()
-    write_json(Path(folder) / FILE_NAME, payload)
-    run.log_json(payload, FILE_NAME)
+    write_json(path, payload)
+    run.log_json(payload, Path(path).name)

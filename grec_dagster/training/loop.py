@@ -31,8 +31,9 @@ from pydantic import BaseModel, Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from grec_dagster.storage import load_tensors, save_tensors
+from grec_dagster.training.checkpoints import flatten_optimizer, unflatten_optimizer
 from grec_dagster.training.determinism import deterministic_kernels
-from grec_dagster.training.checkpoints import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
 
 
 class TrainParams(BaseModel):
@@ -71,34 +72,45 @@ class TrainResult:
 EpochCallback = Callable[[dict[str, float]], None]
 
 
+@dataclass(frozen=True)
+class TrainingContext:
+    """The plumbing of a run, apart from its data and params: where its resumable state lives
+    (None: nowhere, a killed run starts over), whom to tell after each epoch, and the devices."""
+
+    checkpoint_dir: Path | None = None
+    on_epoch: EpochCallback | None = None
+    accelerator: Accelerator | None = None
+
+
+DEFAULT_CONTEXT = TrainingContext()
+"""No resumable state, no callback, the CPU or the one visible GPU."""
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
     params: TrainParams,
+    context: TrainingContext = DEFAULT_CONTEXT,
     *,
     selection_metric: str = "ndcg@20",
-    checkpoint_dir: Path | None = None,
-    on_epoch: EpochCallback | None = None,
-    accelerator: Accelerator | None = None,
     description: str = "train",
 ) -> TrainResult:
     """Train `model` until `selection_metric` stops improving for `patience` evaluations, with
     deterministic kernels, so the same inputs give the same bits in every process."""
     with deterministic_kernels():
-        return _fit(model, objective, params, selection_metric, checkpoint_dir, on_epoch, accelerator, description)
+        return _fit(model, objective, params, context, selection_metric, description)
 
 
 def _fit(
     model: nn.Module,
     objective: Objective,
     params: TrainParams,
+    context: TrainingContext,
     selection_metric: str,
-    checkpoint_dir: Path | None,
-    on_epoch: EpochCallback | None,
-    accelerator: Accelerator | None,
     description: str,
 ) -> TrainResult:
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = context.accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    checkpoint_dir, on_epoch = context.checkpoint_dir, context.on_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(params.seed)
     state = _LoopState()

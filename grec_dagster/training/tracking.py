@@ -43,6 +43,10 @@ class TrackedRun:
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_epoch(self, record: dict[str, float]) -> None:
+        """An epoch record of `fit` at its epoch's step: the loop's `on_epoch` callback."""
+        self.log_metrics(record, step=int(record["epoch"]))
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from torch import Tensor, nn
 
 from grec_dagster.evaluation.evaluator import ranking_task, validation_ndcg
 from grec_dagster.evaluation.metrics import RankingTask, ScoreFn
 from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
+from grec_dagster.grokking import GrokkingEvent
+from grec_dagster.layout import FUSED_BY_DEFAULT, FUSION, TOWERS, CheckpointLayout
 from grec_dagster.models.fusion import (
     Fusion,
     GatedFusion,
@@ -44,26 +46,34 @@ from grec_dagster.models.fusion import (
     fused_contributions,
     grokking_shifts,
 )
-from grec_dagster.models.popularity import most_popular_recent
-from grec_dagster.models.towers import Tower, TowerInputs
+from grec_dagster.models.towers import TowerInputs, towers_at, trained_towers
+from grec_dagster.storage import load_tensors, save_tensors
 from grec_dagster.training.bpr import BPRSampler
-from grec_dagster.training.checkpoints import load_tensors, save_tensors
-from grec_dagster.training.grokking import GrokkingEvent
-from grec_dagster.training.loop import EpochCallback, TrainParams, TrainResult, fit
+from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, TrainResult, fit
 
-POPULARITY = "popularity"
-"""The user-independent tower: most popular recent items before the cut (right for cold users)."""
 TUNING_BUDGET = 1 << 26
 """Floats of standardized scores cached for the static grid search; beyond, a seeded user sample."""
 
 
 class FusionParams(BaseModel):
+    towers: list[str] = Field(
+        default=list(FUSED_BY_DEFAULT),
+        description=f"Towers to fuse, from {', '.join(TOWERS)}; one without a checkpoint yet is skipped.",
+    )
     hidden: int = Field(default=16, ge=1, description="Hidden units of the gate MLP on tower-score statistics.")
     item_l2: float = Field(default=1e-3, description="L2 penalty on the per-item gate offsets.")
     min_weight: float = Field(default=0.02, gt=0, description="Floor of a static weight where it starts a gate bias.")
     grid_step: float = Field(default=0.1, gt=0, le=1, description="Step of the static weights' simplex grid.")
     stop_share: float = Field(default=0.25, gt=0, lt=1, description="Validation users held out for early stopping.")
     max_shift: float = Field(default=math.log(2), ge=0, description="Bound on a grokking shift of one gate bias.")
+
+    @field_validator("towers")
+    @classmethod
+    def _known_towers(cls, towers: list[str]) -> list[str]:
+        unknown = [name for name in towers if name not in TOWERS]
+        if unknown or len(set(towers)) != len(towers):
+            raise ValueError(f"towers must be distinct names from {', '.join(TOWERS)}; got {towers}")
+        return towers
 
 
 @dataclass
@@ -76,29 +86,6 @@ class TrainedFusion:
     shifts: list[GateShift]
     stop_ndcg_before_shift: float
     stop_ndcg_after_shift: float
-
-
-def before(cut: int) -> tuple[int, ...]:
-    """The splits whose events are known at `cut` (the start of split `cut`)."""
-    return tuple(split for split in (TRAIN, VALID) if split < cut)
-
-
-def tower_inputs(graph: InteractionGraph, checkpoints: Mapping[str, Path], cut: int, popularity: bool) -> TowerInputs:
-    """The towers as they were at `cut`: popularity first (when wanted), then each embedding checkpoint.
-
-    At the validation cut an embedding tower that stored `valid_*` embeddings gives those; the
-    others read training events only, so one pair of embeddings serves both cuts.
-    """
-    known = before(cut)
-    towers = [Tower(POPULARITY, most_popular_recent(graph, splits=known))] if popularity else []
-    for name, path in checkpoints.items():
-        tensors, _ = load_tensors(path)
-        prefix = "valid_" if cut == VALID and "valid_user_embedding" in tensors else ""
-        towers.append(Tower(name, tensors[f"{prefix}item_embedding"], tensors[f"{prefix}user_embedding"]))
-    users, items, _ = graph.edges(*known)
-    return TowerInputs(
-        tuple(towers), torch.bincount(users, minlength=graph.n_users), torch.bincount(items, minlength=graph.n_items)
-    )
 
 
 def fusion_scores(fusion: Fusion, inputs: TowerInputs) -> ScoreFn:
@@ -135,23 +122,6 @@ def tune_static(inputs: TowerInputs, task: RankingTask, step: float) -> tuple[Te
     return best, best_ndcg
 
 
-class _GatedForward(nn.Module):
-    """`forward(users, positives, negatives, rows)` -> BPR loss; `rows` index the users' score moments."""
-
-    def __init__(self, model: GatedFusion, inputs: TowerInputs, mean: Tensor, std: Tensor, item_l2: float):
-        super().__init__()
-        self.model = model
-        self.inputs = inputs
-        self.mean, self.std = mean, std
-        self.item_l2 = item_l2
-
-    def forward(self, users: Tensor, positives: Tensor, negatives: Tensor, rows: Tensor) -> Tensor:
-        mean, std = self.mean[rows], self.std[rows]
-        positive = self.inputs.pairs(users, positives, mean, std)
-        negative = self.inputs.pairs(users, negatives, mean, std)
-        return self.model.bpr_loss(positive, negative, self.item_l2)
-
-
 class GatedObjective:
     """Every validation pair of the fit users once per epoch, each with a uniform negative among the
     items the user has not met in train or valid; validation NDCG@20 of the held-out users."""
@@ -169,17 +139,30 @@ class GatedObjective:
         self.stop_task = validation_task(graph, stop_users)
         self.inputs = inputs
         self.batch_size = batch_size
+        self.mean, self.std = inputs.moments(self.fit_users)
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, ...]]:
+        """`GatedFusion.forward`'s pair features: each row a fit pair and its negative, [B, 2]."""
         order = torch.randperm(len(self.users), generator=generator)
         users, items, rows = self.users[order], self.items[order], self.rows[order]
         negatives = self.sampler.negatives(users, generator)
         for start in range(0, len(order), self.batch_size):
-            stop = start + self.batch_size
-            yield users[start:stop], items[start:stop], negatives[start:stop], rows[start:stop]
+            batch = slice(start, start + self.batch_size)
+            pair_users = users[batch].unsqueeze(1).expand(-1, 2)
+            pair_items = torch.stack([items[batch], negatives[batch]], dim=1)
+            mean, std = self.mean[rows[batch]].unsqueeze(1), self.std[rows[batch]].unsqueeze(1)
+            pairs = self.inputs.pairs(pair_users, pair_items, mean, std)
+            yield pairs.z, pairs.context, pairs.items, pairs.user_activity, pairs.item_activity
 
-    def validate(self, module: nn.Module) -> dict[str, float]:
-        return validation_ndcg(fusion_scores(module.model, self.inputs), self.stop_task)
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return validation_ndcg(fusion_scores(model, self.inputs), self.stop_task)
+
+
+class FusionTraining(TrainParams):
+    epochs: int = 100
+    lr: float = 3e-3
+    batch_size: int = 1024
+    patience: int = 10
 
 
 def train_fusion(
@@ -188,12 +171,12 @@ def train_fusion(
     params: FusionParams,
     train: TrainParams,
     events: list[GrokkingEvent],
-    checkpoint_dir: Path | None = None,
-    on_epoch: EpochCallback | None = None,
+    context: TrainingContext = DEFAULT_CONTEXT,
 ) -> TrainedFusion:
     """Tune the static weights, fit the gates from them, then apply the grokking shifts.
 
-    `inputs` are the towers at the validation cut. Fusion is small: it trains on the CPU.
+    `inputs` are the towers at the validation cut. Fusion is small: it trains on the CPU, whatever
+    `context.accelerator` says.
     """
     valid_users = ranking_task(graph, VALID).users
     if len(valid_users) < 2:
@@ -207,19 +190,11 @@ def train_fusion(
     weights, static_ndcg = tune_static(inputs, validation_task(graph, tuning_users), params.grid_step)
 
     torch.manual_seed(train.seed)
-    model = GatedFusion(inputs.n_items, weights, params.hidden, params.min_weight)
+    model = GatedFusion(inputs.n_items, weights, params.hidden, params.min_weight, params.item_l2)
     objective = GatedObjective(graph, inputs, fit_users, stop_users, train.batch_size)
-    mean, std = inputs.moments(objective.fit_users)
-    result = fit(
-        _GatedForward(model, inputs, mean, std, params.item_l2),
-        objective,
-        train,
-        checkpoint_dir=checkpoint_dir,
-        on_epoch=on_epoch,
-        accelerator=Accelerator(cpu=True),
-        description="fusion",
-    )
-    model.load_state_dict({k.removeprefix("model."): v for k, v in result.best_state.items()})
+    on_cpu = TrainingContext(context.checkpoint_dir, context.on_epoch, Accelerator(cpu=True))
+    result = fit(model, objective, train, on_cpu, description="fusion")
+    model.load_state_dict(result.best_state)
     model.eval()
     before_shift = validation_ndcg(fusion_scores(model, inputs), objective.stop_task)["ndcg@20"]
     shifts = grokking_shifts(events, inputs.names, params.max_shift)
@@ -253,3 +228,17 @@ def read_grokking_events(path: Path) -> list[GrokkingEvent]:
         return []
     payload = json.loads(path.read_text())
     return [GrokkingEvent(**event) for event in (payload["events"] if isinstance(payload, dict) else payload)]
+
+
+def fusion_at(layout: CheckpointLayout, graph: InteractionGraph, cut: int) -> tuple[TowerInputs, StaticFusion, GatedFusion]:
+    """The saved fusion and its towers as they were at `cut`, in the order it was trained with:
+    what the evaluation report scores at the test cut, and what recommendations are made from."""
+    towers, static, gated = load_fusion(layout.model(FUSION).checkpoint)
+    unknown = [name for name in towers if name not in TOWERS]
+    if unknown:  # a fusion trained before a tower was renamed (llm -> text_tower)
+        raise FileNotFoundError(f"fusion was trained on towers grec no longer has ({unknown}): materialize it again")
+    missing = sorted(set(towers) - set(trained_towers(layout, towers)))
+    if missing:
+        raise FileNotFoundError(f"fusion was trained on {towers}; no checkpoint of {missing}: materialize them")
+    return towers_at(graph, layout, towers, cut), static, gated
+

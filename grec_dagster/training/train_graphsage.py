@@ -15,17 +15,14 @@ TEST pairs never carry a message, and id embeddings exist only for nodes with a 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from accelerate import Accelerator
 from torch import Tensor
 
 from grec_dagster.graph.csr import CSR
 from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
 from grec_dagster.models.graphsage import GraphSAGE, GraphSAGEParams
 from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
-from grec_dagster.training.loop import EpochCallback, TrainParams, fit
+from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
 
 
 def interaction_csr(graph: InteractionGraph, *splits: int) -> CSR:
@@ -35,29 +32,24 @@ def interaction_csr(graph: InteractionGraph, *splits: int) -> CSR:
     return CSR.from_edges(torch.cat([users, items]), torch.cat([items, users]), graph.n_users + graph.n_items)
 
 
+class GraphSAGETraining(TrainParams):
+    lr: float = 2e-3
+
+
 def train_graphsage(
     graph: InteractionGraph,
     user_features: Tensor,
     item_features: Tensor,
     params: GraphSAGEParams,
     train: TrainParams,
-    checkpoint_dir: Path | None = None,
-    on_epoch: EpochCallback | None = None,
-    accelerator: Accelerator | None = None,
+    context: TrainingContext = DEFAULT_CONTEXT,
 ) -> TrainedEmbeddings:
     """Fit on TRAIN, early-stop on VALID, then embed every node over the TRAIN + VALID graph."""
     torch.manual_seed(train.seed)
     train_graph = interaction_csr(graph, TRAIN)
     model = GraphSAGE(user_features, item_features, train_graph, params)
-    result = fit(
-        model,
-        BPRObjective(graph, train.batch_size, lambda module: module.embed_all(train_graph), params.negatives),
-        train,
-        checkpoint_dir=checkpoint_dir,
-        on_epoch=on_epoch,
-        accelerator=accelerator,
-        description="graphsage",
-    )
+    objective = BPRObjective(graph, train.batch_size, lambda module: module.embed_all(train_graph), params.negatives)
+    result = fit(model, objective, train, context, description="graphsage")
     model.load_state_dict(result.best_state)
     model.eval()
     users, items = model.embed_all(interaction_csr(graph, TRAIN, VALID))

@@ -13,10 +13,8 @@ every batch, so each process's memory would see only its share of the stream.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from torch import Tensor, nn
 
 from grec_dagster.evaluation.evaluator import ranking_task, validation_ndcg
@@ -27,22 +25,7 @@ from grec_dagster.models.profile_fusion import ProfileFacets
 from grec_dagster.models.temporal import TemporalGraphAttention, TemporalParams
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.embeddings import TrainedEmbeddings
-from grec_dagster.training.loop import EpochCallback, TrainParams, fit
-
-
-class _TemporalForward(nn.Module):
-    """`forward(users, items, ts, negatives)` -> BPR loss; the memory moves on as TGN trains it."""
-
-    def __init__(self, model: TemporalGraphAttention, history: TemporalGraph):
-        super().__init__()
-        self.model = model
-        self.history = history
-
-    def forward(self, users: Tensor, items: Tensor, ts: Tensor, negatives: Tensor) -> Tensor:
-        memory = self.model.memory_view()
-        loss = self.model.bpr_loss(self.history, users, items, ts, negatives, memory)
-        self.model.observe(memory, users, items, ts)
-        return loss
+from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
 
 
 class TemporalObjective:
@@ -55,6 +38,7 @@ class TemporalObjective:
     ):
         self.model = model
         self.history = temporal.history_before(VALID)
+        model.train_on(self.history)
         self.batch_size = batch_size
         self.sampler = BPRSampler(graph.pairs(TRAIN), graph.n_items, batch_size)
         self.valid_task = ranking_task(graph, VALID)
@@ -69,7 +53,7 @@ class TemporalObjective:
             yield tuple(x[start:end] for x in (events.users, events.items, events.ts, negatives))
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        users, items = model.model.embeddings_at(self.history, self.valid_time, self.batch_size)
+        users, items = model.embeddings_at(self.history, self.valid_time, self.batch_size)
         return validation_ndcg(lambda batch: users[batch] @ items.T, self.valid_task, self.segments)
 
 
@@ -96,14 +80,18 @@ def next_interaction_mrr(model: TemporalGraphAttention, temporal: TemporalGraph,
     return float(torch.cat(reciprocal).mean()) if reciprocal else float("nan")
 
 
+class TemporalTraining(TrainParams):
+    batch_size: int = 200
+    epochs: int = 30
+    patience: int = 5
+
+
 def train_temporal(
     graph: InteractionGraph,
     temporal: TemporalGraph,
     params: TemporalParams,
     train: TrainParams,
-    checkpoint_dir: Path | None = None,
-    on_epoch: EpochCallback | None = None,
-    accelerator: Accelerator | None = None,
+    context: TrainingContext = DEFAULT_CONTEXT,
     profiles: ProfileFacets | None = None,
 ) -> TrainedEmbeddings:
     """Fit, restore the best epoch, and embed at the test cut; `result.extra` holds the next-interaction MRR.
@@ -117,16 +105,8 @@ def train_temporal(
     torch.manual_seed(train.seed)
     model = TemporalGraphAttention(temporal.user_features, temporal.item_features, params, profiles)
     objective = TemporalObjective(model, graph, temporal, train.batch_size)
-    result = fit(
-        _TemporalForward(model, objective.history),
-        objective,
-        train,
-        checkpoint_dir=checkpoint_dir,
-        on_epoch=on_epoch,
-        accelerator=accelerator,
-        description="temporal",
-    )
-    model.load_state_dict({k.removeprefix("model."): v for k, v in result.best_state.items()})
+    result = fit(model, objective, train, context, description="temporal")
+    model.load_state_dict(result.best_state)
     model.eval()
     users, items = model.embeddings_at(temporal.history_before(TEST), temporal.cut_time(TEST), train.batch_size)
     valid_users, valid_items = model.embeddings_at(objective.history, objective.valid_time, train.batch_size)

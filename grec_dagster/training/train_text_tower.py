@@ -22,17 +22,15 @@ keeps the adapters with the heads (`TrainedEmbeddings.weights`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from torch import Tensor
 
 from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
 from grec_dagster.models.text_tower import TextTower, TextTowerParams
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
-from grec_dagster.training.loop import EpochCallback, TrainParams, fit
+from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
 
 
 class TextTowerObjective(BPRObjective):
@@ -60,9 +58,7 @@ def train_text_tower(
     profile_text: Tensor | None,
     params: TextTowerParams,
     train: TrainParams,
-    checkpoint_dir: Path | None = None,
-    on_epoch: EpochCallback | None = None,
-    accelerator: Accelerator | None = None,
+    context: TrainingContext = DEFAULT_CONTEXT,
     texts: list[str] | None = None,
 ) -> TrainedEmbeddings:
     """Fit on TRAIN, early-stop on VALID, then embed users from their TRAIN + VALID histories.
@@ -76,15 +72,8 @@ def train_text_tower(
         raise ValueError(f"item_text has {len(item_text)} rows for {graph.n_items} items")
     torch.manual_seed(train.seed)
     model = TextTower(item_text, profile_text, graph.n_users, graph.pairs(TRAIN), params, texts)
-    result = fit(
-        model,
-        TextTowerObjective(graph, model, train.batch_size, params.negatives),
-        train,
-        checkpoint_dir=checkpoint_dir,
-        on_epoch=on_epoch,
-        accelerator=accelerator,
-        description="text_tower",
-    )
+    objective = TextTowerObjective(graph, model, train.batch_size, params.negatives)
+    result = fit(model, objective, train, context, description="text_tower")
     model.load_state_dict(result.best_state)
     model.eval()
     valid_users, items = model.embed_all()

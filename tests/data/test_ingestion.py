@@ -214,7 +214,7 @@ landing, warehouse, pause = sys.argv[1], sys.argv[2], sys.argv[3] == "pause"
 
 
 def park_on_commit(frame, event, arg):
-    # Traces replace_batches line by line; on its COMMIT line the process reports and waits to be killed.
+    # Traces the warehouse transaction line by line; on its COMMIT line the process reports and waits to be killed.
     if event == "line" and '"COMMIT"' in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
         print("about to commit", flush=True)
         time.sleep(600)
@@ -225,7 +225,7 @@ source = make_source(SourceParams(kind="files", interactions_path=landing + "/*.
 batch = enforce_row_rules(source.interactions("a.csv"), QualityParams().row_rules(pd.Timestamp("2030-01-01")))
 with duckdb.connect(warehouse) as con:
     if pause:
-        sys.settrace(lambda frame, event, arg: park_on_commit if frame.f_code.co_name == "replace_batches" else None)
+        sys.settrace(lambda frame, event, arg: park_on_commit if frame.f_code.co_name == "transaction" else None)
     replace_batches(con, {"a.csv": batch}, keep=["b.csv"])
     sys.settrace(None)
 print("committed", flush=True)

@@ -181,7 +181,7 @@ def test_gx_runs_quietly(warehouse: duckdb.DuckDBPyConnection, capfd: pytest.Cap
 def test_building_the_checks_does_not_import_gx():
     """GX's import costs seconds; loading the definitions builds the checks but must not pay it."""
     probe = (
-        "import sys, assets.ingestion as i, assets.quality as q; q.build_quality_checks(i.raw_interactions_for('files'));"
+        "import sys, assets.ingestion as i, assets.ingestion_checks as q; q.build_quality_checks(i.raw_interactions_for('files'));"
         "print('great_expectations' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

@@ -24,6 +24,8 @@ from torch import Tensor
 
 from grec_dagster.evaluation.evaluator import ranking_task, validation_ndcg
 from grec_dagster.graph.interactions import TEST, TRAIN, VALID, InteractionGraph, build_graph
+from grec_dagster.grokking import GrokkingEvent
+from grec_dagster.layout import POPULARITY
 from grec_dagster.models import towers as towers_module
 from grec_dagster.models.fusion import (
     GatedFusion,
@@ -35,19 +37,16 @@ from grec_dagster.models.fusion import (
     top_picks,
 )
 from grec_dagster.models.popularity import most_popular_recent
-from grec_dagster.models.towers import CONTEXTS, ITEM_CONTEXTS, USER_CONTEXTS, Tower, TowerInputs
-from grec_dagster.training.checkpoints import load_tensors, save_tensors
-from grec_dagster.training.grokking import GrokkingEvent
+from grec_dagster.models.towers import CONTEXTS, ITEM_CONTEXTS, USER_CONTEXTS, Tower, TowerInputs, tower_inputs
+from grec_dagster.storage import load_tensors, save_tensors
 from grec_dagster.training.loop import TrainParams
 from grec_dagster.training.train_fusion import (
-    POPULARITY,
     FusionParams,
     TrainedFusion,
     fusion_scores,
     load_fusion,
     read_grokking_events,
     save_fusion,
-    tower_inputs,
     train_fusion,
 )
 
@@ -499,7 +498,7 @@ def test_grokking_shift_is_applied_after_early_stopping(experts: Experts) -> Non
     trained = experts.trained
     (shift,) = trained.shifts  # the ghost tower is not fused
     assert (shift.tower, shift.segment, shift.delta) == ("cold_expert", "cold_items", MAX_SHIFT)
-    moved = trained.gated.context_bias.detach() - trained.result.best_state["model.context_bias"]
+    moved = trained.gated.context_bias.detach() - trained.result.best_state["context_bias"]
     expected = torch.zeros(len(CONTEXTS), 2)
     for context in contexts_of("cold_items"):
         expected[CONTEXTS.index(context), 0] = MAX_SHIFT

@@ -147,7 +147,7 @@ def test_profile_variant_trains_and_ranks_users_without_events_by_their_profile(
 
     losses = [record["train_loss"] for record in fused.result.history]
     assert losses[-1] < 0.7 * losses[0]
-    assert not torch.allclose(fused.result.best_state["model.profiles.score"], initial["profiles.score"])
+    assert not torch.allclose(fused.result.best_state["profiles.score"], initial["profiles.score"])
     cold = torch.arange(N_WARM, N_USERS)
     assert own_cluster_auc(fused, cold) > 0.9
     assert own_cluster_auc(plain, cold) == pytest.approx(0.5, abs=0.05)  # cold users all look alike to it

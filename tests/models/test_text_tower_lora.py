@@ -11,14 +11,14 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from assets.llm import TextTowerConfig
+from assets.training import TextTowerConfig
 from grec_dagster.evaluation.evaluator import evaluate
 from grec_dagster.graph.interactions import TRAIN, VALID
 from grec_dagster.llm.lora_encoder import LoraTextEncoder
 from grec_dagster.llm.text_encoder import TextEncoder
 from grec_dagster.models.popularity import broadcast_scores, most_popular
 from grec_dagster.models.text_tower import TextTower, TextTowerParams
-from grec_dagster.training.checkpoints import load_tensors
+from grec_dagster.storage import load_tensors
 from grec_dagster.training.embeddings import TrainedEmbeddings, save_embeddings
 from grec_dagster.training.loop import TrainParams
 from grec_dagster.training.train_text_tower import train_text_tower
@@ -135,7 +135,7 @@ def test_adapted_tower_learns_the_shop(text_shop: TextShop, trained: TrainedEmbe
 
 def test_unknown_encoder_or_missing_texts_fail_clearly(text_shop: TextShop) -> None:
     with pytest.raises(ValidationError, match="'frozen' or 'lora'"):
-        TextTowerConfig(encoder="adapter")  # the `llm_checkpoint` asset's config
+        TextTowerConfig(encoder="adapter")  # the `text_tower_checkpoint` asset's config
     graph = text_shop.shop.graph
     with pytest.raises(ValueError, match="needs one text per item: 48 items, no texts"):
         TextTower(text_shop.item_text, None, graph.n_users, graph.pairs(TRAIN), PARAMS)

@@ -23,8 +23,8 @@ from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
 from grec_dagster.graph.interactions import InteractionGraph, build_graph
 from grec_dagster.graph.splits import split_labels
 from grec_dagster.models.lightgcn import LightGCN, LightGCNParams
-from grec_dagster.training.checkpoints import load_tensors, save_tensors
-from grec_dagster.training.loop import TrainParams
+from grec_dagster.storage import load_tensors, save_tensors
+from grec_dagster.training.loop import TrainingContext, TrainParams
 from grec_dagster.training.train_lightgcn import train_lightgcn
 
 MODEL = LightGCNParams(dim=16, layers=2)
@@ -72,8 +72,8 @@ def run(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with patch.object(LightGCN, "bpr_loss", autospec=True, side_effect=LightGCN.bpr_loss) as loss:
-            trained = train_lightgcn(graph, MODEL, train, checkpoint_dir, on_epoch=on_epoch)
+        with patch.object(LightGCN, "forward", autospec=True, side_effect=LightGCN.forward) as loss:
+            trained = train_lightgcn(graph, MODEL, train, TrainingContext(checkpoint_dir, on_epoch))
     finally:
         torch.set_num_threads(threads)
     result = trained.result

@@ -19,9 +19,10 @@ from grec_dagster.evaluation.evaluator import evaluate, ranking_task, validation
 from grec_dagster.evaluation.segments import item_segments
 from grec_dagster.graph.interactions import VALID, InteractionGraph, build_graph
 from grec_dagster.graph.splits import split_labels
+from grec_dagster.grokking import NONE_DETECTED
+from grec_dagster.layout import ModelFiles
 from grec_dagster.resources import CheckpointStoreResource, GpuResource, MlflowResource
-from grec_dagster.training.grokking import NONE_DETECTED
-from grec_dagster.training.grokking_wiring import FILE_NAME, check_grokking, record_grokking
+from grec_dagster.training.grokking_wiring import check_grokking, record_grokking
 from grec_dagster.training.tracking import tracked_run
 
 SEGMENTS = {"all", "head_items", "tail_items", "cold_items"}
@@ -47,6 +48,9 @@ def only_run(resource: MlflowResource):
     return client, run
 
 
+FILE_NAME = ModelFiles(Path()).grokking.name
+
+
 def artifact_json(client: MlflowClient, run_id: str, tmp_path: Path) -> dict:
     return json.loads(Path(client.download_artifacts(run_id, FILE_NAME, str(tmp_path))).read_text())
 
@@ -64,7 +68,7 @@ def test_validation_reports_every_segment_with_relevant_items_as_evaluate_does(s
 
 def test_training_asset_records_none_detected_for_every_segment(shop: InteractionGraph, tmp_path: Path) -> None:
     checkpoints = CheckpointStoreResource(root=str(tmp_path / "checkpoints"))
-    shop.save(checkpoints.folder("interaction_graph"))
+    shop.save(checkpoints.layout.interaction_graph)
     mlflow = tracking(tmp_path)
 
     result = dg.materialize(
@@ -75,7 +79,7 @@ def test_training_asset_records_none_detected_for_every_segment(shop: Interactio
 
     metadata = result.asset_materializations_for_node("lightgcn_checkpoint")[0].metadata
     assert {key: metadata[f"grokking.{key}"].value for key in SEGMENTS} == dict.fromkeys(SEGMENTS, NONE_DETECTED)
-    saved = json.loads((checkpoints.folder("lightgcn") / FILE_NAME).read_text())
+    saved = json.loads(checkpoints.layout.model("lightgcn").grokking.read_text())
     assert saved["tower"] == "lightgcn" and saved["events"] == []
     assert saved["summary"] == dict.fromkeys(SEGMENTS, NONE_DETECTED)
     assert metadata["grokking"].value == saved
@@ -111,7 +115,7 @@ def test_a_grokking_segment_is_recorded_as_metric_tag_and_json(tmp_path: Path) -
     mlflow = tracking(tmp_path)
     check = check_grokking("temporal", grokking_history(jump_at=25))
     with tracked_run(mlflow.tracking_uri, mlflow.experiment, "temporal", {}, mlflow.artifact_location) as run:
-        record_grokking(check, run, tmp_path)
+        record_grokking(check, run, ModelFiles(tmp_path).grokking)
 
     [event] = check.events
     assert (event.segment, event.epoch) == ("tail_items", 25)
@@ -124,7 +128,7 @@ def test_a_grokking_segment_is_recorded_as_metric_tag_and_json(tmp_path: Path) -
     assert found.data.tags["grokking.tail_items"] == event.describe()
     assert found.data.tags["grokking.tail_items"].startswith("grokked at epoch 25")
     assert found.data.tags["grokking.all"] == NONE_DETECTED
-    saved = json.loads((tmp_path / FILE_NAME).read_text())
+    saved = json.loads(ModelFiles(tmp_path).grokking.read_text())
     assert saved["events"] == [event.to_dict()]
     assert saved["summary"] == {"all": NONE_DETECTED, "tail_items": event.describe()}
     assert artifact_json(client, found.info.run_id, tmp_path / "download") == saved

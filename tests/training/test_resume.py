@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from grec_dagster.graph.interactions import InteractionGraph
-from grec_dagster.training import checkpoints
-from grec_dagster.training.checkpoints import load_tensors
+from grec_dagster.storage import load_tensors
 from grec_dagster.training.loop import TrainParams
 
 from .lightgcn_worker import Crash, Run, read, run, shop_graph
@@ -117,7 +117,7 @@ def test_exception_before_the_last_checkpoint_resumes_to_the_same_end(
 def test_crash_while_saving_keeps_the_last_good_checkpoint(
     small_graph: InteractionGraph, uninterrupted: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    save_file = checkpoints.save_file
+    save_file = safetensors.torch.save_file
     saves = 0
 
     def torn_fourth_save(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
@@ -128,7 +128,7 @@ def test_crash_while_saving_keeps_the_last_good_checkpoint(
             raise Crash(filename)
         save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(checkpoints, "save_file", torn_fourth_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", torn_fourth_save)
     with pytest.raises(Crash):
         run(small_graph, SMALL_TRAIN, tmp_path)
     monkeypatch.undo()

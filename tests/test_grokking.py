@@ -7,8 +7,9 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from modular_addition import ModularAdditionConfig, train_modular_addition
 
-from grec_dagster.training.grokking import (
+from grec_dagster.grokking import (
     NONE_DETECTED,
     Evaluation,
     GrokkingConfig,
@@ -16,8 +17,6 @@ from grec_dagster.training.grokking import (
     GrokkingEvent,
     GrokkingMonitor,
 )
-
-from .modular_addition import ModularAdditionConfig, train_modular_addition
 
 DEFAULT = GrokkingConfig()
 SEEDS = range(5)

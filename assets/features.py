@@ -1,28 +1,26 @@
-"""Stage 2, features: the interaction graph with its split, and each user's training history."""
+"""Stage 2, features: the interaction graph with its split, each user's training history, and the
+continuous-time graph the temporal models read."""
 
 import time
 
 import dagster as dg
 import pandas as pd
 
-from assets.ingestion import items, raw_interactions
+from assets.ingestion import items, raw_interactions, users
 from grec_dagster.data.errors import DataSourceError
 from grec_dagster.data.warehouse import held_back_rows, trusted_interactions
 from grec_dagster.evaluation.tables import markdown_preview
+from grec_dagster.graph.features import item_features, user_features
 from grec_dagster.graph.interactions import SPLIT_NAMES, TEST, TRAIN, VALID, InteractionGraph, build_graph
 from grec_dagster.graph.splits import SplitParams, split_labels
+from grec_dagster.graph.temporal import ITEM, USER, TemporalGraph, build_temporal_graph
 from grec_dagster.resources import CheckpointStoreResource, WarehouseResource
 
 GROUP = "features"
-GRAPH_FOLDER = "interaction_graph"
 
 
 class InteractionGraphConfig(dg.Config, SplitParams):
     pass
-
-
-def load_graph(checkpoints: CheckpointStoreResource) -> InteractionGraph:
-    return InteractionGraph.load(checkpoints.folder(GRAPH_FOLDER))
 
 
 def _split_summary(graph: InteractionGraph) -> pd.DataFrame:
@@ -63,7 +61,7 @@ def interaction_graph(
         con.execute("CREATE OR REPLACE TABLE event_splits AS SELECT * FROM event_split_rows")
         con.unregister("event_split_rows")
     graph = build_graph(log, labels, config.protocol)
-    graph.save(checkpoints.folder(GRAPH_FOLDER))
+    graph.save(checkpoints.layout.interaction_graph)
     return dg.MaterializeResult(
         metadata={
             "protocol": config.protocol,
@@ -116,6 +114,52 @@ def user_histories(config: UserHistoriesConfig, warehouse: WarehouseResource) ->
         metadata={
             "dagster/row_count": count,
             "preview": dg.MetadataValue.md(markdown_preview(preview)),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+def _degrees(temporal: TemporalGraph) -> pd.DataFrame:
+    rows = []
+    for name, side in (("user -> items", USER), ("item -> users", ITEM)):
+        csr = temporal.csr(side)
+        degree = csr.rowptr.diff().float()
+        rows.append(
+            {
+                "adjacency": name,
+                "nodes": csr.num_nodes,
+                "without events": int((degree == 0).sum()),
+                "median degree": float(degree.median()),
+                "max degree": int(degree.max()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@dg.asset(group_name=GROUP, deps=[interaction_graph, items, users], kinds={"pytorch"})
+def temporal_graph(warehouse: WarehouseResource, checkpoints: CheckpointStoreResource) -> dg.MaterializeResult:
+    """Events in time order, node features and time-sorted CSRs both ways, for temporal models."""
+    started = time.perf_counter()
+    graph = InteractionGraph.load(checkpoints.layout.interaction_graph)
+    with warehouse.connect(read_only=True) as con:
+        catalog = con.execute("SELECT * FROM items").df()
+        people = con.execute("SELECT * FROM users").df()
+    temporal = build_temporal_graph(
+        graph, user_features(people, graph.user_ids), item_features(catalog, graph.item_ids)
+    )
+    path = checkpoints.layout.temporal_graph
+    temporal.save(path)
+    return dg.MaterializeResult(
+        metadata={
+            "events": temporal.ts.numel(),
+            "distinct_times": temporal.user_csr.distinct_time.numel(),
+            "from": str(pd.Timestamp(int(temporal.ts.min()), unit="s")),
+            "to": str(pd.Timestamp(int(temporal.ts.max()), unit="s")),
+            "user_feature_dim": temporal.user_features.shape[1],
+            "item_feature_dim": temporal.item_features.shape[1],
+            "degrees": dg.MetadataValue.md(markdown_preview(_degrees(temporal))),
+            "fingerprint": temporal.fingerprint(),
+            "file": dg.MetadataValue.path(str(path)),
             "seconds": round(time.perf_counter() - started, 3),
         }
     )

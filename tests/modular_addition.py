@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grec_dagster.training.grokking import Evaluation
+from grec_dagster.grokking import Evaluation
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,15 @@
-"""Where grec keeps its state: everything under GREC_HOME (default ./.grec), each part movable."""
+"""What a user's GREC_CONFIG file says: resource settings over the embedded defaults of `layout`."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 MLFLOW_EXPERIMENT = "grec"
 """The experiment training runs go to unless GREC_CONFIG names another."""
-
-
-def grec_home() -> Path:
-    return Path(os.environ.get("GREC_HOME", ".grec")).expanduser().resolve()
-
-
-def default_paths(home: Path | None = None) -> dict[str, str]:
-    """The embedded defaults: one DuckDB file, a SQLite MLflow store, checkpoints, a data cache."""
-    home = home or grec_home()
-    return {
-        "warehouse": str(home / "warehouse.duckdb"),
-        "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow.db'}",
-        "mlflow_artifacts": (home / "mlartifacts").as_uri(),
-        "checkpoints": str(home / "checkpoints"),
-        "data_cache": str(home / "data"),
-        "dagster_home": str(home / "dagster"),
-    }
 
 
 def load_user_config() -> dict:
@@ -44,3 +28,8 @@ def load_user_config() -> dict:
     if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
         raise ValueError(f"{config_file}: expected a mapping of resource name -> settings")
     return loaded
+
+
+def user_setting(resource: str, field: str, default: Any) -> Any:
+    """A resource field as GREC_CONFIG sets it, else `default` (the embedded one)."""
+    return load_user_config().get(resource, {}).get(field, default)
