@@ -8,7 +8,6 @@ import duckdb
 import pytest
 
 from grec_dagster.definitions import ASSETS, build_definitions, build_resources
-from grec_dagster.grokking import NONE_DETECTED
 
 FAST_TRAINING = {
     "ops": {
@@ -48,24 +47,27 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
         assert result.success
         lightgcn = result.asset_materializations_for_node("lightgcn_checkpoint")[0].metadata
         assert lightgcn["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
-        temporal = result.asset_materializations_for_node("temporal_checkpoint")[0].metadata
-        assert 0 < temporal["test_next_interaction_mrr"].value <= 1
-        assert temporal["grokking.all"].value == NONE_DETECTED  # too few epochs to grok: said explicitly
+        segments = {"all", "head_items", "tail_items", "cold_items"}
+        for tower in ("lightgcn_checkpoint", "temporal_checkpoint", "fusion_checkpoint"):
+            metadata = result.asset_materializations_for_node(tower)[0].metadata
+            assert {key.removeprefix("grokking.") for key in metadata if key.startswith("grokking.")} >= segments - {
+                "cold_items"
+            }, tower  # a verdict per validation segment (cold items only where the split has any)
         fusion = result.asset_materializations_for_node("fusion_checkpoint")[0].metadata
-        assert fusion["grokking.all"].value == NONE_DETECTED
+        rows_read = result.asset_materializations_for_node("raw_interactions")[0].metadata["rows_read"].value
         assert set(fusion["towers"].value) == {"popularity", "lightgcn", "graphsage", "temporal", "text_tower"}
         recommendations = result.asset_materializations_for_node("recommendations")[0].metadata
         assert recommendations["rows"].value > 0
         assert instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")) is not None
     with duckdb.connect(str(grec_home / "warehouse.duckdb"), read_only=True) as con:
         models = {row[0] for row in con.execute("SELECT DISTINCT model FROM evaluation_results").fetchall()}
-        accepted, read = con.execute("SELECT count(*), 6000 FROM interactions").fetchone()
+        accepted = con.execute("SELECT count(*) FROM interactions").fetchone()[0]
         quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     assert models == {
         "most_popular", "most_popular_recent", "lightgcn", "graphsage", "temporal", "temporal_profiles", "text_tower",
         "popularity_tower", "static_fusion", "gated_fusion",
     }
-    assert accepted + quarantined == read
+    assert accepted + quarantined == rows_read
     assert (grec_home / "checkpoints" / "lightgcn" / "model.safetensors").exists()
     assert (grec_home / "checkpoints" / "graphsage" / "model.safetensors").exists()
     for tower in ("lightgcn", "graphsage", "temporal", "temporal_profiles", "text_tower"):

@@ -86,6 +86,8 @@ class TrainedFusion:
     shifts: list[GateShift]
     stop_ndcg_before_shift: float
     stop_ndcg_after_shift: float
+    stop_users: Tensor
+    """The validation users held out of the gates' training: early stopping and the shift are judged on them."""
 
 
 def fusion_scores(fusion: Fusion, inputs: TowerInputs) -> ScoreFn:
@@ -201,7 +203,7 @@ def train_fusion(
     model.shift(shifts, inputs.names)
     after_shift = validation_ndcg(fusion_scores(model, inputs), objective.stop_task)["ndcg@20"]
     return TrainedFusion(
-        inputs.names, StaticFusion(weights), static_ndcg, model, result, shifts, before_shift, after_shift
+        inputs.names, StaticFusion(weights), static_ndcg, model, result, shifts, before_shift, after_shift, stop_users
     )
 
 

@@ -79,3 +79,27 @@ def test_evaluate_reports_user_and_item_segments():
     assert recall.loc["cold_users", "value"] == pytest.approx(0.0)
     assert recall.loc["cold_items", "value"] == pytest.approx(0.5)  # z and w never appear in training
     assert recall.loc["head_items", "users"] == 0
+
+
+def test_testing_excludes_what_the_user_met_in_validation_and_validation_excludes_only_training():
+    """User a met x in train and y in valid, and is tested on z; every model puts y above z. At test y is
+    history (the user met it before the cut): excluded, so z comes first. At validation only training
+    events are history, so y, the validation target, is ranked and found."""
+    log = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b"],
+            "item_id": ["x", "y", "z", "y"],
+            "ts": pd.to_datetime([1, 2, 3, 4], unit="D"),
+        }
+    )
+    graph = build_graph(log, np.array([TRAIN, VALID, TEST, TRAIN]), "temporal")
+    order = {"x": 3.0, "y": 2.0, "z": 1.0}
+    scores = torch.tensor([[order[i] for i in graph.item_ids]] * graph.n_users)
+    hit = {}
+    for split in (VALID, TEST):
+        table = evaluate(lambda users: scores[users], graph, "y-before-z", split, ks=(1,))
+        hit[split] = table[(table.metric == "hit") & (table.segment == "all")].value.item()
+    assert hit == {VALID: 1.0, TEST: 1.0}
+    # had validation items not been excluded at test, y would take rank 1 and z would be missed
+    unexcluded = RankingTask.from_pairs(graph.pairs(TEST), graph.pairs(TRAIN), graph.n_items)
+    assert rank_users(lambda users: scores[users], unexcluded, ks=(1,))[("all", "hit", 1)].tolist() == [0.0]

@@ -141,13 +141,14 @@ def test_time_encoding_learns_its_frequencies_and_phases() -> None:
 
 
 def test_model_sees_only_time_differences() -> None:
-    """Shifting every timestamp, query times included, changes nothing (memory on, two layers)."""
+    """Shifting every timestamp, query times included, changes nothing (memory on, two layers): the
+    model reads only integer time differences, which the shift leaves exactly as they were."""
     events = random_events(300, seed=6)
     net = model(DEEP.model_copy(update={"memory": True}), event_graph(*events))
     here = net.embeddings_at(event_graph(*events), 100, batch_size=32)
     shifted = net.embeddings_at(event_graph(*events, shift=1_700_000_000), 1_700_000_100, batch_size=32)
     for a, b in zip(here, shifted, strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert torch.equal(a, b)
 
 
 # Training ###############################################################################
@@ -188,6 +189,21 @@ def test_beats_both_popularity_baselines_on_a_shop_with_drifting_tastes(shop) ->
     learned = ndcg_at_20(evaluate(trained.score, graph, "temporal", TEST))
     for baseline in (most_popular(graph), most_popular_recent(graph)):
         assert learned > ndcg_at_20(evaluate(broadcast_scores(baseline), graph, "popularity", TEST)) + 0.03
+    mrr, popular = trained.result.extra["next_interaction_mrr"], popularity_next_interaction_mrr(temporal, TEST)
+    assert mrr > popular, (mrr, popular)  # 0.185 vs 0.170 here: the stream ranks by taste, not by counts alone
+
+
+def popularity_next_interaction_mrr(temporal: TemporalGraph, split: int) -> float:
+    """The bar for `next_interaction_mrr`: each `split` event's item ranked by how often every item
+    was met strictly before the event's time (ties count against, as there)."""
+    counts = torch.zeros(temporal.n_items)
+    reciprocal = []
+    for time in temporal.ts.unique():  # events are sorted by time
+        now = temporal.ts == time
+        target = counts[temporal.items[now & (temporal.split == split)]]
+        reciprocal.append(1.0 / (counts.unsqueeze(0) >= target.unsqueeze(1)).sum(1))
+        counts += torch.bincount(temporal.items[now], minlength=temporal.n_items)
+    return float(torch.cat(reciprocal).mean())
 
 
 def test_memory_trains_as_state_not_as_a_parameter(shop) -> None:
@@ -196,7 +212,6 @@ def test_memory_trains_as_state_not_as_a_parameter(shop) -> None:
     trained = train_temporal(graph, temporal, params, TrainParams(epochs=1, batch_size=400))
     assert trained.user_embedding.shape == (graph.n_users, 16)
     assert bool(torch.isfinite(trained.item_embedding).all())
-    assert 0 < trained.result.extra["next_interaction_mrr"] <= 1
     assert not any("memory.state" in key or "last_update" in key for key in trained.result.best_state)
     net = TemporalGraphAttention(temporal.user_features, temporal.item_features, params)
     history = temporal.history_before(TEST)

@@ -26,7 +26,9 @@ from grec_dagster.training.grokking_wiring import check_grokking, record_grokkin
 from grec_dagster.training.tracking import tracked_run
 
 SEGMENTS = {"all", "head_items", "tail_items", "cold_items"}
-EPOCHS = 3
+EPOCHS = 24
+"""Past the detector's earliest possible report, so its verdict is observed, not implied by a short run
+(patience is set to EPOCHS: early stopping must not end the run first)."""
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def test_validation_reports_every_segment_with_relevant_items_as_evaluate_does(s
     assert set(found) == {"ndcg@20", "ndcg@20/head_items", "ndcg@20/tail_items", "ndcg@20/cold_items"}
 
 
-def test_training_asset_records_none_detected_for_every_segment(shop: InteractionGraph, tmp_path: Path) -> None:
+def test_training_asset_records_the_verdict_on_the_curves_it_logged(shop: InteractionGraph, tmp_path: Path) -> None:
     checkpoints = CheckpointStoreResource(root=str(tmp_path / "checkpoints"))
     shop.save(checkpoints.layout.interaction_graph)
     mlflow = tracking(tmp_path)
@@ -74,25 +76,33 @@ def test_training_asset_records_none_detected_for_every_segment(shop: Interactio
     result = dg.materialize(
         [lightgcn_checkpoint],
         resources={"checkpoints": checkpoints, "mlflow": mlflow, "gpu": GpuResource()},
-        run_config={"ops": {"lightgcn_checkpoint": {"config": {"epochs": EPOCHS, "batch_size": 1024, "dim": 16}}}},
+        run_config={
+            "ops": {"lightgcn_checkpoint": {"config": {"epochs": EPOCHS, "patience": EPOCHS, "batch_size": 1024, "dim": 16}}}
+        },
     )
 
     metadata = result.asset_materializations_for_node("lightgcn_checkpoint")[0].metadata
-    assert {key: metadata[f"grokking.{key}"].value for key in SEGMENTS} == dict.fromkeys(SEGMENTS, NONE_DETECTED)
-    saved = json.loads(checkpoints.layout.model("lightgcn").grokking.read_text())
-    assert saved["tower"] == "lightgcn" and saved["events"] == []
-    assert saved["summary"] == dict.fromkeys(SEGMENTS, NONE_DETECTED)
-    assert metadata["grokking"].value == saved
-
     client, run = only_run(mlflow)
-    assert {k: v for k, v in run.data.tags.items() if k.startswith("grokking.")} == {
-        f"grokking.{segment}": NONE_DETECTED for segment in SEGMENTS
+    # The detector, fed again the curves MLflow shows for this run, gives the verdicts the run recorded.
+    curves = {
+        key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        for key in ("train_loss", "ndcg_at_20", *(f"ndcg_at_20/{segment}" for segment in SEGMENTS - {"all"}))
     }
-    assert not [key for key in run.data.metrics if key.startswith("grokking_jump")]
+    assert all(len(curve) == EPOCHS for curve in curves.values())
+    history = [
+        {"epoch": float(epoch)} | {key.replace("_at_", "@"): curve[epoch] for key, curve in curves.items()}
+        for epoch in range(EPOCHS)
+    ]
+    expected = check_grokking("lightgcn", history)
+    assert {key: metadata[f"grokking.{key}"].value for key in SEGMENTS} == expected.verdicts
+    saved = json.loads(checkpoints.layout.model("lightgcn").grokking.read_text())
+    assert saved == expected.to_dict() == metadata["grokking"].value
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("grokking.")} == {
+        f"grokking.{segment}": verdict for segment, verdict in expected.verdicts.items()
+    }
+    jumps = {key for key in run.data.metrics if key.startswith("grokking_jump")}
+    assert jumps == {f"grokking_jump/{event.segment}" for event in expected.events}
     assert artifact_json(client, run.info.run_id, tmp_path / "download") == saved
-    # The monitor watched what MLflow shows: every segment's validation curve, every epoch.
-    for segment in SEGMENTS - {"all"}:
-        assert len(client.get_metric_history(run.info.run_id, f"ndcg_at_20/{segment}")) == EPOCHS
 
 
 def grokking_history(n_epochs: int = 40, jump_at: int = 25) -> list[dict[str, float]]:
