@@ -59,12 +59,12 @@ def check_grokking(
     config: GrokkingConfig | None = None,
     metric: str = WATCHED_METRIC,
 ) -> GrokkingCheck:
-    """Feed every validated epoch of `history` to a fresh monitor (default thresholds), in order."""
+    """Feed every epoch of `history` to a fresh monitor (default thresholds), in order: each epoch's
+    training loss, and each segment's metric where the epoch was validated, so the flat-loss rule
+    measures training progress in epochs whatever `eval_every` is."""
     monitor = GrokkingMonitor(config or GrokkingConfig())
     for record in history:
-        segments = segment_metrics(record, metric)
-        if segments:
-            monitor.update(tower, int(record["epoch"]), float(record["train_loss"]), segments)
+        monitor.update(tower, int(record["epoch"]), float(record["train_loss"]), segment_metrics(record, metric))
     return GrokkingCheck(tower, metric, monitor.config, tuple(monitor.events), monitor.summary().get(tower, {}))
 
 
