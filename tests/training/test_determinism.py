@@ -39,7 +39,7 @@ def outputs(folder: Path, models: tuple[str, ...] = MODELS) -> dict[str, dict]:
     return {name: json.loads((folder / f"{name}.json").read_text()) for name in models}
 
 
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 300.0) -> None:
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert process.poll() is None, "the training process ended before it could be killed"
@@ -91,7 +91,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(two_processes, model: st
 
 SHOP = {"source": {"kind": "synthetic", "synthetic_interactions": 3000, "synthetic_days": 30}}
 LIGHTGCN_RUN = {
-    "ops": {"lightgcn_checkpoint": {"config": {"epochs": 10, "patience": 10, "batch_size": 128, "dim": 16}}}
+    "ops": {"lightgcn_checkpoint": {"config": {"epochs": 10, "patience": 10, "batch_size": 128, "dim": 16}}},
+    "execution": {"config": {"in_process": {}}},  # one process: what is killed is the one training
 }
 SELECTION = "raw_interactions,items,users,interaction_graph,lightgcn_checkpoint"
 
