@@ -22,15 +22,32 @@ from grec_dagster.evaluation.plots import markdown_image, segment_bars
 from grec_dagster.evaluation.results import store_results
 from grec_dagster.evaluation.tables import headline_table, markdown_preview
 from grec_dagster.graph.interactions import TEST, InteractionGraph
-from grec_dagster.layout import FUSION, POPULARITY, TOWERS, Scorer
+from grec_dagster.layout import (
+    FUSION,
+    GATED_FUSION,
+    MODEL_READS,
+    MOST_POPULAR,
+    MOST_POPULAR_RECENT,
+    STATIC_FUSION,
+    TOWERS,
+    Scorer,
+)
 from grec_dagster.models.popularity import broadcast_scores
-from grec_dagster.models.towers import towers_at, trained_towers
+from grec_dagster.models.towers import towers_at, trained_towers, with_cold_start
 from grec_dagster.resources import CheckpointStoreResource, DataSourceResource, MlflowResource, WarehouseResource
 from grec_dagster.storage import atomic_write, load_tensors
 from grec_dagster.training.runs import compare_runs
 from grec_dagster.training.train_fusion import fusion_at, fusion_scores
 
 GROUP = "evaluation"
+COLD_USERS = {
+    MOST_POPULAR: "the same list as everyone",
+    MOST_POPULAR_RECENT: "the same list as everyone",
+    **dict.fromkeys(TOWERS, "recent popularity (the cold-start rule)"),
+    STATIC_FUSION: "the fused towers (zero vectors from ID-based towers leave popularity to decide)",
+    GATED_FUSION: "the cold-user gates",
+}
+"""How each model ranks a user with no event before the test cut."""
 TRAINED = [
     lightgcn_checkpoint,
     graphsage_checkpoint,
@@ -63,13 +80,14 @@ def evaluation_report(
     embedding_towers = [name for name, spec in TOWERS.items() if spec.scorer == Scorer.EMBEDDINGS]
     present = trained_towers(layout, embedding_towers)
     missing = [name for name in [*embedding_towers, FUSION] if name not in present]
-    scorers |= {tower.name: tower.scores for tower in towers_at(graph, layout, present, TEST).towers}
+    scorers |= {
+        tower.name: with_cold_start(tower.scores, graph, TEST)
+        for tower in towers_at(graph, layout, present, TEST).towers
+    }
     if layout.model(FUSION).checkpoint.exists():
         missing.remove(FUSION)
         fused, static, gated = fusion_at(layout, graph, TEST)
-        if POPULARITY in fused.names:  # fusion's popularity tower: recent items over train + valid, known at the test cut
-            scorers["popularity_tower"] = broadcast_scores(fused.towers[fused.names.index(POPULARITY)].item_vectors)
-        scorers |= {"static_fusion": fusion_scores(static, fused), "gated_fusion": fusion_scores(gated, fused)}
+        scorers |= {STATIC_FUSION: fusion_scores(static, fused), GATED_FUSION: fusion_scores(gated, fused)}
     if missing:
         context.log.warning(f"no checkpoint of {missing}: materialize them to see them in the report")
     results = pd.concat([evaluate(fn, graph, name, TEST, task) for name, fn in scorers.items()], ignore_index=True)
@@ -78,6 +96,9 @@ def evaluation_report(
     with warehouse.connect() as con:
         store_results(con, results, context.run_id)
     headline = headline_table(results)
+    seen = pd.DataFrame({"model": list(scorers), "what it saw": [MODEL_READS[name] for name in scorers]}).assign(
+        cold_users=lambda table: [COLD_USERS[name] for name in table.model]
+    )
     by_segment = pd.concat(
         [
             headline_table(results, segment=s, metrics=(("recall", 20), ("ndcg", 20))).assign(segment=s)
@@ -90,6 +111,7 @@ def evaluation_report(
     plot = atomic_write(report.with_suffix(".png"), lambda path: path.write_bytes(bars))
     text = (
         f"# {source.kind}, {graph.protocol} split\n\n{markdown_preview(headline, 50)}\n\n"
+        f"## What each model saw\n\n{markdown_preview(seen, 50)}\n\n"
         f"## Per segment\n\n{markdown_preview(by_segment, 200)}\n\n![NDCG@20 per segment]({plot.name})\n"
     )
     atomic_write(report, lambda path: path.write_text(text))
@@ -97,6 +119,7 @@ def evaluation_report(
     return dg.MaterializeResult(
         metadata={
             "results": dg.MetadataValue.md(markdown_preview(headline, 50)),
+            "what_each_model_saw": dg.MetadataValue.md(markdown_preview(seen, 50)),
             "per_segment": dg.MetadataValue.md(markdown_preview(by_segment, 200)),
             "per_segment_plot": dg.MetadataValue.md(markdown_image(bars, "NDCG@20 per segment")),
             "report_file": dg.MetadataValue.path(str(report)),

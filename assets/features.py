@@ -5,6 +5,7 @@ import time
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from assets.ingestion import items, raw_interactions, users
 from grec_dagster.data.errors import DataSourceError
@@ -12,7 +13,7 @@ from grec_dagster.data.warehouse import held_back_rows, trusted_interactions
 from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.graph.features import item_features, user_features
 from grec_dagster.graph.interactions import SPLIT_NAMES, TEST, TRAIN, VALID, InteractionGraph, build_graph
-from grec_dagster.graph.splits import SplitParams, split_labels
+from grec_dagster.graph.splits import PROFILE_SHARE, SplitParams, profile_cut, split_labels
 from grec_dagster.graph.temporal import ITEM, USER, TemporalGraph, build_temporal_graph
 from grec_dagster.resources import CheckpointStoreResource, WarehouseResource
 
@@ -78,16 +79,27 @@ def interaction_graph(
 
 class UserHistoriesConfig(dg.Config):
     max_events: int = 50
+    profile_share: float = Field(
+        default=PROFILE_SHARE,
+        gt=0,
+        le=1,
+        description="Profiles read training events in this first share of the training period's time.",
+    )
 
 
 @dg.asset(group_name=GROUP, deps=[interaction_graph, items], kinds={"duckdb"})
 def user_histories(config: UserHistoriesConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Each user's most recent training events with item text: what the LLM may read about them.
+    """Each user's most recent training events before the profile cut, with item text: what the LLM
+    may read about them.
 
-    Only training events are used, so nothing a model is evaluated on leaks into a profile.
+    Only training events are used, so nothing a model is evaluated on leaks into a profile; and
+    only those before the cut (`as_of`), so a model that learns from profiles on training events
+    after it never reads a profile that holds the event it is predicting (`graph/splits.py`).
     """
     started = time.perf_counter()
     with warehouse.connect() as con:
+        first, last = con.execute("SELECT min(ts), max(ts) FROM event_splits WHERE split = 'train'").fetchone()
+        as_of = profile_cut(pd.Timestamp(first), pd.Timestamp(last), config.profile_share)
         con.execute(
             """
             CREATE OR REPLACE TABLE user_histories AS
@@ -96,15 +108,15 @@ def user_histories(config: UserHistoriesConfig, warehouse: WarehouseResource) ->
                        count(*) OVER (PARTITION BY e.user_id) AS n_events,
                        row_number() OVER (PARTITION BY e.user_id ORDER BY e.ts DESC, e.item_id) AS recency
                 FROM event_splits e LEFT JOIN items i USING (item_id)
-                WHERE e.split = 'train'
+                WHERE e.split = 'train' AND e.ts < $as_of
             )
-            SELECT user_id, any_value(n_events) AS n_events, max(ts) AS last_ts,
+            SELECT user_id, any_value(n_events) AS n_events, max(ts) AS last_ts, $as_of AS as_of,
                    list({'ts': ts, 'item_id': item_id, 'title': title, 'category': category, 'brand': brand}
                         ORDER BY ts, item_id) AS events
             FROM ranked WHERE recency <= $max_events
             GROUP BY user_id ORDER BY user_id
             """,
-            {"max_events": config.max_events},
+            {"max_events": config.max_events, "as_of": as_of.to_pydatetime()},
         )
         count = con.execute("SELECT count(*) FROM user_histories").fetchone()[0]
         preview = con.execute(
@@ -113,6 +125,7 @@ def user_histories(config: UserHistoriesConfig, warehouse: WarehouseResource) ->
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": count,
+            "as_of": str(as_of),
             "preview": dg.MetadataValue.md(markdown_preview(preview)),
             "seconds": round(time.perf_counter() - started, 3),
         }

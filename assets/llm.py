@@ -126,7 +126,8 @@ def profile_embeddings(
     llm: LlmResource, warehouse: WarehouseResource, checkpoints: CheckpointStoreResource
 ) -> dg.MaterializeResult:
     """One embedding per user and profile facet (DynLLM), [n_users, facets, dim] in the graph's user
-    order, with a mask of the users that have a profile; texts cached by hash like the items'."""
+    order, with a mask of the users that have a profile and the profile cut they were written at
+    (`as_of`, epoch seconds: models fuse them only from then on); texts cached by hash like the items'."""
     started = time.perf_counter()
     graph = InteractionGraph.load(checkpoints.layout.interaction_graph)
     encoder = _encoder(llm)
@@ -136,17 +137,20 @@ def profile_embeddings(
         users = [index for index, user_id in enumerate(map(str, graph.user_ids)) if user_id in profiles]
         texts = [text for index in users for text in facet_texts(profiles[str(graph.user_ids[index])])]
         vectors, stats = embed_with_cache(texts, encoder, con)
+        as_of = pd.Timestamp(con.execute("SELECT any_value(as_of) FROM user_histories").fetchone()[0])
     facets = torch.zeros(graph.n_users, len(FACETS), encoder.dim)
     facets[users] = vectors.view(len(users), len(FACETS), encoder.dim)
     mask = torch.zeros(graph.n_users, dtype=torch.bool)
     mask[users] = True
     path = checkpoints.layout.profile_embeddings
-    save_tensors(path, {"facets": facets, "mask": mask}, {"encoder": encoder.model_id, "facets": list(FACETS)})
+    meta = {"encoder": encoder.model_id, "facets": list(FACETS), "as_of": int(as_of.timestamp())}
+    save_tensors(path, {"facets": facets, "mask": mask}, meta)
     return dg.MaterializeResult(
         metadata={
             "users_with_profile": len(users),
             "users": graph.n_users,
             "facets": list(FACETS),
+            "as_of": str(as_of),
             "encoded": stats.computed,
             "reused": stats.reused,
             "file": dg.MetadataValue.path(str(path)),

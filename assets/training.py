@@ -16,9 +16,17 @@ from assets.params import engine_params
 from grec_dagster.evaluation.evaluator import evaluate
 from grec_dagster.evaluation.tables import headline_table, markdown_preview
 from grec_dagster.graph.features import item_features, user_features
-from grec_dagster.graph.interactions import TEST, InteractionGraph
+from grec_dagster.graph.interactions import TEST, InteractionGraph, known_before
 from grec_dagster.graph.temporal import TemporalGraph
-from grec_dagster.layout import GRAPHSAGE, LIGHTGCN, TEMPORAL, TEMPORAL_PROFILES, TEXT_TOWER
+from grec_dagster.layout import (
+    GRAPHSAGE,
+    LIGHTGCN,
+    MOST_POPULAR,
+    MOST_POPULAR_RECENT,
+    TEMPORAL,
+    TEMPORAL_PROFILES,
+    TEXT_TOWER,
+)
 from grec_dagster.llm.texts import item_texts
 from grec_dagster.models.graphsage import GraphSAGEParams
 from grec_dagster.models.lightgcn import LightGCNParams
@@ -26,6 +34,7 @@ from grec_dagster.models.popularity import most_popular, most_popular_recent
 from grec_dagster.models.profile_fusion import ProfileFacets
 from grec_dagster.models.temporal import TemporalParams
 from grec_dagster.models.text_tower import TextTowerParams
+from grec_dagster.models.towers import with_cold_start
 from grec_dagster.resources import GPU_POOL, CheckpointStoreResource, GpuResource, MlflowResource, WarehouseResource
 from grec_dagster.storage import load_tensors, save_tensors, tensor_fingerprint, write_json
 from grec_dagster.training.devices import accelerator_for
@@ -48,11 +57,16 @@ def _graph(checkpoints: CheckpointStoreResource) -> InteractionGraph:
 
 @dg.asset(group_name=GROUP, deps=[interaction_graph], kinds={"pytorch"})
 def popularity_baselines(checkpoints: CheckpointStoreResource) -> dg.MaterializeResult:
-    """Most popular and most popular recent item scores from the training split."""
+    """Most popular and most popular recent item scores at the test cut: from the events before it
+    (train + valid), as every model sees them there."""
     graph = _graph(checkpoints)
-    scores = {"most_popular": most_popular(graph), "most_popular_recent": most_popular_recent(graph)}
+    known = known_before(TEST)
+    scores = {
+        MOST_POPULAR: most_popular(graph, splits=known),
+        MOST_POPULAR_RECENT: most_popular_recent(graph, splits=known),
+    }
     save_tensors(checkpoints.layout.popularity_scores, scores, {"protocol": graph.protocol})
-    top = scores["most_popular"].topk(min(10, graph.n_items)).indices
+    top = scores[MOST_POPULAR].topk(min(10, graph.n_items)).indices
     return dg.MaterializeResult(
         metadata={"top_items": [str(graph.item_ids[i]) for i in top.tolist()], "items": graph.n_items}
     )
@@ -85,7 +99,7 @@ def _train_tower(
         trained = train(TrainingContext(state_dir, run.log_epoch, accelerator))
         save_embeddings(files.checkpoint, trained, params)
         write_json(files.config, params)
-        test = evaluate(trained.score, graph, name, TEST)
+        test = evaluate(with_cold_start(trained.score, graph, TEST), graph, name, TEST)
         headline = headline_table(test).drop(columns=["model"]).iloc[0].to_dict()
         extra = {f"test_{k}": v for k, v in trained.result.extra.items()}  # a model's own test readouts
         run.log_metrics(
@@ -255,7 +269,9 @@ def text_tower_checkpoint(
     if config.encoder == "lora":
         with warehouse.connect(read_only=True) as con:
             texts = item_texts(con.execute("SELECT * FROM items").df(), graph.item_ids)
-    profile_text = _mean_profile_facets(checkpoints.layout.profile_embeddings) if config.use_profiles else None
+    profile_text, profile_from = (
+        _mean_profile_facets(checkpoints.layout.profile_embeddings) if config.use_profiles else (None, None)
+    )
     inputs = (item_text,) if profile_text is None else (item_text, profile_text)
     model, train = engine_params(config, TextTowerParams, TrainParams)
     return _train_tower(
@@ -264,14 +280,14 @@ def text_tower_checkpoint(
         config,
         graph,
         f"{graph.fingerprint()}-{tensor_fingerprint(*inputs)}",
-        lambda run: train_text_tower(graph, item_text, profile_text, model, train, run, texts),
+        lambda run: train_text_tower(graph, item_text, profile_text, model, train, run, texts, profile_from),
         checkpoints,
         mlflow,
         gpu,
     )
 
 
-def _mean_profile_facets(path: Path) -> torch.Tensor:
-    """Each user's mean facet embedding, zero for users without a profile."""
-    tensors = load_tensors(path)[0]
-    return tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1)
+def _mean_profile_facets(path: Path) -> tuple[torch.Tensor, int]:
+    """Each user's mean facet embedding, zero for users without a profile, and the profile cut."""
+    tensors, meta = load_tensors(path)
+    return tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1), int(meta["as_of"])

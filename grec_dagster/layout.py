@@ -172,6 +172,8 @@ class TowerSpec:
     asset: str
     """The Dagster asset that trains it."""
     scorer: Scorer
+    reads: str
+    """What it learns from and what it knows at the test cut, as the evaluation report states it."""
 
 
 POPULARITY = "popularity"
@@ -182,19 +184,62 @@ TEMPORAL_PROFILES = "temporal_profiles"
 TEXT_TOWER = "text_tower"
 FUSION = "fusion"
 """The fusion's checkpoint folder and MLflow run name."""
+STATIC_FUSION, GATED_FUSION = "static_fusion", "gated_fusion"
+"""The fusion's two models in every report."""
+MOST_POPULAR, MOST_POPULAR_RECENT = "most_popular", "most_popular_recent"
+"""The popularity baselines in every report (their scores in `popularity_scores`)."""
 
 TOWERS: dict[str, TowerSpec] = {
     spec.name: spec
     for spec in (
-        TowerSpec(POPULARITY, "popularity_baselines", Scorer.RECENT_POPULARITY),
-        TowerSpec(LIGHTGCN, f"{LIGHTGCN}_checkpoint", Scorer.EMBEDDINGS),
-        TowerSpec(GRAPHSAGE, f"{GRAPHSAGE}_checkpoint", Scorer.EMBEDDINGS),
-        TowerSpec(TEMPORAL, f"{TEMPORAL}_checkpoint", Scorer.EMBEDDINGS),
-        TowerSpec(TEMPORAL_PROFILES, f"{TEMPORAL_PROFILES}_checkpoint", Scorer.EMBEDDINGS),
-        TowerSpec(TEXT_TOWER, f"{TEXT_TOWER}_checkpoint", Scorer.EMBEDDINGS),
+        TowerSpec(
+            POPULARITY,
+            "popularity_baselines",
+            Scorer.RECENT_POPULARITY,
+            "counts train + valid events (its last 10% of time weighted up); no training",
+        ),
+        TowerSpec(
+            LIGHTGCN,
+            f"{LIGHTGCN}_checkpoint",
+            Scorer.EMBEDDINGS,
+            "trained on train pairs; at test propagates over train + valid pairs (fold-in)",
+        ),
+        TowerSpec(
+            GRAPHSAGE,
+            f"{GRAPHSAGE}_checkpoint",
+            Scorer.EMBEDDINGS,
+            "trained on train pairs; at test embeds every node over the train + valid graph and its features",
+        ),
+        TowerSpec(
+            TEMPORAL,
+            f"{TEMPORAL}_checkpoint",
+            Scorer.EMBEDDINGS,
+            "trained on the train stream; at test replays train + valid events into memory and neighbours",
+        ),
+        TowerSpec(
+            TEMPORAL_PROFILES,
+            f"{TEMPORAL_PROFILES}_checkpoint",
+            Scorer.EMBEDDINGS,
+            "as temporal, plus LLM profiles written from train events before the profile cut",
+        ),
+        TowerSpec(
+            TEXT_TOWER,
+            f"{TEXT_TOWER}_checkpoint",
+            Scorer.EMBEDDINGS,
+            "trained on train pairs; at test users are the texts of their train + valid items (and profile)",
+        ),
     )
 }
 """Every tower, in the order reports list them."""
 
 FUSED_BY_DEFAULT = (POPULARITY, LIGHTGCN, GRAPHSAGE, TEMPORAL, TEXT_TOWER)
 """The towers `fusion_checkpoint` fuses unless configured otherwise."""
+
+MODEL_READS: dict[str, str] = {
+    MOST_POPULAR: "counts every event before the test cut (train + valid); no training",
+    MOST_POPULAR_RECENT: "counts train + valid events in the last 10% of the time before the test cut",
+    **{name: spec.reads for name, spec in TOWERS.items()},
+    STATIC_FUSION: "weights tuned on validation events, towers at the validation cut; at test, towers at the test cut",
+    GATED_FUSION: "gates fit on validation events, towers at the validation cut; at test, towers at the test cut",
+}
+"""What each model of a report saw: the evaluation report prints it beside the numbers."""

@@ -65,7 +65,7 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
         quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     assert models == {
         "most_popular", "most_popular_recent", "lightgcn", "graphsage", "temporal", "temporal_profiles", "text_tower",
-        "popularity_tower", "static_fusion", "gated_fusion",
+        "static_fusion", "gated_fusion",
     }
     assert accepted + quarantined == rows_read
     assert (grec_home / "checkpoints" / "lightgcn" / "model.safetensors").exists()

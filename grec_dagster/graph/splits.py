@@ -60,6 +60,23 @@ def random_user_split(
     return labels
 
 
+PROFILE_SHARE = 0.5
+"""LLM profiles read the first half of the training period; models fuse them only after it."""
+
+
+def profile_cut(first: pd.Timestamp, last: pd.Timestamp, share: float = PROFILE_SHARE) -> pd.Timestamp:
+    """When profiles are written, as a share of the training period [first, last] of event times.
+
+    A profile summarizes training events before the cut, and a model may use it only for
+    predictions at or after the cut: had the LLM read a user's whole training history, a model
+    learning from that profile on a training event would read a summary of the very event it
+    predicts (and of later ones). Validation and test predictions read only training events
+    through it, so they may use it at any time. A time share, not an event quantile, so adding a
+    few events inside the period does not move the cut for everyone.
+    """
+    return first + share * (last - first)
+
+
 def split_labels(interactions: pd.DataFrame, protocol: str, seed: int = 0) -> np.ndarray:
     if protocol == "temporal":
         return temporal_split(interactions["ts"])

@@ -7,6 +7,12 @@
 
 trained with BPR, -log sigmoid(score(u, i+) - score(u, i-)) averaged over the sampled
 negatives i-, plus an L2 penalty on the layer-0 embeddings of the batch, as in the paper.
+
+Embedding at a later cut (fold-in): the same propagation over the graph of every pair known then
+(train + valid at the test cut), with layer 0 as trained for nodes that have a training edge and
+zero for the others, whose layer 0 never received a gradient. A node first met after training is
+then the mean of its propagated neighbours, and a node with no edge at all is the zero vector (its
+scores are all equal: the cold-start rule of `models/towers.py` takes over).
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ class LightGCN(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.1)
         self.adjacency = adjacency
 
-    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final user and item embeddings: the mean of every layer's output."""
-        layer = self.embedding.weight
+    def propagate(self, adjacency: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item embeddings over `adjacency` (default: the training graph): the mean of
+        every layer's output, layer 0 zero for nodes without a training edge."""
+        adjacency = self.adjacency if adjacency is None else adjacency
+        trained = (self.adjacency.crow_indices().diff() > 0).unsqueeze(1)
+        layer = self.embedding.weight * trained
         total = layer
         for _ in range(self.params.layers):
-            layer = propagate(self.adjacency, layer)
+            layer = propagate(adjacency, layer)
             total = total + layer
         final = total / (self.params.layers + 1)
         return final[: self.n_users], final[self.n_users :]
@@ -60,5 +69,5 @@ class LightGCN(nn.Module):
         return ranking + self.params.reg_weight * l2
 
     @torch.no_grad()
-    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.propagate()
+    def final_embeddings(self, adjacency: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate(adjacency)

@@ -110,9 +110,10 @@ class TextTower(nn.Module):
         self.history_sum = sums.index_add_(0, users, self.item_text[items])
         self.history_count = torch.bincount(users, minlength=self.n_users)
 
-    def user_inputs(self, users: Tensor, leave_out: Tensor | None = None) -> Tensor:
+    def user_inputs(self, users: Tensor, leave_out: Tensor | None = None, with_profile: Tensor | None = None) -> Tensor:
         """[m_u || y_u || has_profile] of `users`; with `leave_out`, item leave_out[k] is dropped
-        from user users[k]'s history mean where the history holds it."""
+        from user users[k]'s history mean where the history holds it; where `with_profile` is false,
+        the profile is left out (zeros, has_profile 0), as for a user without one."""
         sums, counts = self.history_sum[users], self.history_count[users]
         if leave_out is not None and len(self.history_keys):
             probe = users * self.n_items + leave_out
@@ -122,7 +123,8 @@ class TextTower(nn.Module):
             counts = counts - present.long()
         parts = [sums / counts.clamp(min=1).unsqueeze(1)]
         if self.profile_text is not None:
-            parts += [self.profile_text[users], self.has_profile[users].float().unsqueeze(1)]
+            usable = self.has_profile[users] if with_profile is None else self.has_profile[users] & with_profile
+            parts += [self.profile_text[users] * usable.unsqueeze(1), usable.float().unsqueeze(1)]
         return torch.cat(parts, 1)
 
     def refresh_item_text(self) -> None:
@@ -136,10 +138,11 @@ class TextTower(nn.Module):
         """q for any item texts [n, d_text], including items the graph has never seen."""
         return self.item_mlp(text)
 
-    def forward(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
-        """The BPR loss of a batch (`negatives`: [batch] or [batch, k]), each positive left out of its user's mean."""
+    def forward(self, users: Tensor, positives: Tensor, negatives: Tensor, with_profile: Tensor) -> Tensor:
+        """The BPR loss of a batch (`negatives`: [batch] or [batch, k]), each positive left out of its
+        user's mean, and the profile only where `with_profile` (the pair came after the profile cut)."""
         negatives = negatives.view(len(users), -1)
-        p = self.user_mlp(self.user_inputs(users, leave_out=positives))
+        p = self.user_mlp(self.user_inputs(users, leave_out=positives, with_profile=with_profile))
         items, rows = torch.unique(torch.cat([positives, negatives.flatten()]), return_inverse=True)
         text = self.item_text[items] if self.text_encoder is None else self.text_encoder(items)
         q = self.encode_items(text)[rows]  # each distinct item through the encoder and the MLP once

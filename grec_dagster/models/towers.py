@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from grec_dagster.evaluation.metrics import ScoreFn
 from grec_dagster.evaluation.segments import item_segments_from_counts
 from grec_dagster.graph.interactions import VALID, InteractionGraph, known_before
 from grec_dagster.layout import POPULARITY, TOWERS, CheckpointLayout, Scorer
@@ -194,3 +195,25 @@ def trained_towers(layout: CheckpointLayout, names: Sequence[str]) -> list[str]:
         for name in names
         if TOWERS[name].scorer != Scorer.EMBEDDINGS or layout.model(name).checkpoint.exists()
     ]
+
+
+def with_cold_start(score: ScoreFn, graph: InteractionGraph, cut: int) -> ScoreFn:
+    """The cold-start rule every tower is evaluated under, the same for all: a user with no event
+    known at `cut` (none before the test cut, at test) is scored by recent popularity at that cut,
+    what a shop shows a newcomer; every other user by the tower. An ID-based tower has no vector
+    for such a user (LightGCN, EASE, SASRec give it zeros); an inductive one (GraphSAGE, the
+    temporal model, the text tower) would embed it from features, but alone it is held to the same
+    rule, so every row of a report ranks cold users alike. Fusion needs no rule: its cold-user
+    contexts learn how much each tower's opinion of a cold user is worth."""
+    known_users, _, _ = graph.edges(*known_before(cut))
+    known = torch.zeros(graph.n_users, dtype=torch.bool)
+    known[known_users] = True
+    fallback = most_popular_recent(graph, splits=known_before(cut))
+
+    def scores(users: Tensor) -> Tensor:
+        out = score(users).float().clone()
+        out[~known[users]] = fallback
+        return out
+
+    return scores
+

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grec_dagster.layout import GRAPH_FILES, LIGHTGCN, POPULARITY, CheckpointLayout
+from grec_dagster.layout import GRAPH_FILES, LIGHTGCN, MOST_POPULAR_RECENT, POPULARITY, CheckpointLayout
 from grec_dagster.serving.blend import DotTower, ItemTower, Pick, Tower, blend
 from grec_dagster.storage import atomic_write
 
@@ -34,7 +34,7 @@ SOURCES = {
         {"user_embedding": ("user_embedding", "users"), "item_embedding": ("item_embedding", "items")},
     ),
     POPULARITY: TowerSource(
-        lambda layout: layout.popularity_scores, {"item_scores": ("most_popular_recent", "items")}
+        lambda layout: layout.popularity_scores, {"item_scores": (MOST_POPULAR_RECENT, "items")}
     ),
 }
 """The towers `grec recommend` blends."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from grec_dagster.graph.adjacency import normalized_adjacency
-from grec_dagster.graph.interactions import TRAIN, InteractionGraph
+from grec_dagster.graph.interactions import TEST, TRAIN, InteractionGraph, known_before
 from grec_dagster.models.lightgcn import LightGCN, LightGCNParams
 from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
 from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
@@ -18,10 +18,14 @@ class LightGCNTraining(TrainParams):
     epochs: int = 400
 
 
+def graph_adjacency(graph: InteractionGraph, *splits: int) -> torch.Tensor:
+    """LightGCN's A_hat over the distinct pairs of `splits`."""
+    pairs = graph.pairs(*splits)
+    return normalized_adjacency(pairs // graph.n_items, pairs % graph.n_items, graph.n_users, graph.n_items)
+
+
 def build_lightgcn(graph: InteractionGraph, params: LightGCNParams) -> LightGCN:
-    pairs = graph.pairs(TRAIN)
-    adjacency = normalized_adjacency(pairs // graph.n_items, pairs % graph.n_items, graph.n_users, graph.n_items)
-    return LightGCN(graph.n_users, graph.n_items, params, adjacency)
+    return LightGCN(graph.n_users, graph.n_items, params, graph_adjacency(graph, TRAIN))
 
 
 def train_lightgcn(
@@ -35,5 +39,6 @@ def train_lightgcn(
     objective = BPRObjective(graph, train.batch_size, LightGCN.final_embeddings, params.negatives)
     result = fit(model, objective, train, context, description="lightgcn")
     model.load_state_dict(result.best_state)
-    users, items = model.final_embeddings()
-    return TrainedEmbeddings(users, items, result)
+    valid_users, valid_items = model.final_embeddings()
+    users, items = model.final_embeddings(graph_adjacency(graph, *known_before(TEST)))  # fold-in at the test cut
+    return TrainedEmbeddings(users, items, result, valid_users, valid_items)

@@ -34,22 +34,47 @@ from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainPa
 
 
 class TextTowerObjective(BPRObjective):
-    """`BPRObjective` whose negatives are drawn uniformly among the items with a TRAIN event, and
-    whose epochs start from item vectors as the tower's encoder stands (`refresh_item_text`)."""
+    """`BPRObjective` whose negatives are drawn uniformly among the items with a TRAIN event, whose
+    epochs start from item vectors as the tower's encoder stands (`refresh_item_text`), and whose
+    pairs read the user's profile only when they came at or after the profile cut `profile_from`
+    (epoch seconds; None: profiles are usable everywhere)."""
 
-    def __init__(self, graph: InteractionGraph, model: TextTower, batch_size: int, n_negatives: int = 1):
+    def __init__(
+        self,
+        graph: InteractionGraph,
+        model: TextTower,
+        batch_size: int,
+        n_negatives: int = 1,
+        profile_from: int | None = None,
+    ):
         super().__init__(graph, batch_size, lambda module: module.embed_all(), n_negatives)
         self.model = model
+        self.n_items = graph.n_items
         self.trained_items = torch.nonzero(graph.train_item_counts > 0).squeeze(1)
         keys = graph.pairs(TRAIN)
         local = torch.searchsorted(self.trained_items, keys % graph.n_items)  # order-preserving: keys stay sorted
         count = len(self.trained_items)
         self.sampler = BPRSampler(keys // graph.n_items * count + local, count, batch_size, n_negatives)
+        self.pair_keys, self.pair_from = keys, first_times(graph, keys)
+        self.profile_from = profile_from
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, ...]]:
         self.model.refresh_item_text()
         for users, positives, negatives in self.sampler.epoch(generator):
-            yield users, self.trained_items[positives], self.trained_items[negatives]
+            items = self.trained_items[positives]
+            if self.profile_from is None:
+                with_profile = torch.ones_like(users, dtype=torch.bool)
+            else:
+                at = torch.searchsorted(self.pair_keys, users * self.n_items + items)
+                with_profile = self.pair_from[at] >= self.profile_from
+            yield users, items, self.trained_items[negatives], with_profile
+
+
+def first_times(graph: InteractionGraph, keys: Tensor) -> Tensor:
+    """When each training pair of `keys` (sorted `user * n_items + item`) first happened."""
+    users, items, ts = graph.edges(TRAIN)
+    at = torch.searchsorted(keys, users * graph.n_items + items)
+    return torch.full((len(keys),), torch.iinfo(torch.long).max).scatter_reduce(0, at, ts, "amin")
 
 
 def train_text_tower(
@@ -60,19 +85,21 @@ def train_text_tower(
     train: TrainParams,
     context: TrainingContext = DEFAULT_CONTEXT,
     texts: list[str] | None = None,
+    profile_from: int | None = None,
 ) -> TrainedEmbeddings:
     """Fit on TRAIN, early-stop on VALID, then embed users from their TRAIN + VALID histories.
 
     `item_text` [n_items, d] and `profile_text` [n_users, d'] (zero rows: no profile; None: no
     profiles at all) are rows in the graph's dense id order, e.g.
     `TextEncoder().encode(item_texts(items, graph.item_ids))` (`grec_dagster.llm`); the `lora`
-    encoder also needs those `texts`.
+    encoder also needs those `texts`. Profiles written at `profile_from` (epoch seconds, the
+    profile cut) are read only by training pairs from then on; validation and test read them all.
     """
     if len(item_text) != graph.n_items:
         raise ValueError(f"item_text has {len(item_text)} rows for {graph.n_items} items")
     torch.manual_seed(train.seed)
     model = TextTower(item_text, profile_text, graph.n_users, graph.pairs(TRAIN), params, texts)
-    objective = TextTowerObjective(graph, model, train.batch_size, params.negatives)
+    objective = TextTowerObjective(graph, model, train.batch_size, params.negatives, profile_from)
     result = fit(model, objective, train, context, description="text_tower")
     model.load_state_dict(result.best_state)
     model.eval()

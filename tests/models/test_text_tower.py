@@ -24,7 +24,7 @@ from grec_dagster.models.popularity import broadcast_scores, most_popular
 from grec_dagster.models.text_tower import TextTower, TextTowerParams
 from grec_dagster.training.embeddings import TrainedEmbeddings
 from grec_dagster.training.loop import TrainParams
-from grec_dagster.training.train_text_tower import train_text_tower
+from grec_dagster.training.train_text_tower import TextTowerObjective, train_text_tower
 
 N_USERS, N_ITEMS, N_CLUSTERS, D_TEXT = 300, 240, 6, 32
 N_COLD_ITEMS, N_COLD_USERS, EVENTS_PER_USER = 60, 40, 14
@@ -181,10 +181,32 @@ def test_history_mean_leaves_the_positive_out(shop: Shop) -> None:
     empty = model.user_inputs(shop.cold_users[:2])
     assert torch.equal(empty[:, :d], torch.zeros(2, d))
 
-    loss = model(users[:64], items[:64], torch.randint(N_ITEMS, (64, PARAMS.negatives)))
+    loss = model(users[:64], items[:64], torch.randint(N_ITEMS, (64, PARAMS.negatives)), torch.ones(64, dtype=torch.bool))
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_training_pairs_before_the_profile_cut_never_read_the_profile(shop: Shop) -> None:
+    """A profile written at the cut summarizes earlier events: a pair from before it would read a
+    summary of itself. Such pairs get the no-profile input; pairs from the cut on get the profile."""
+    graph = shop.graph
+    cut = int(graph.ts[graph.split == TRAIN].median())
+    model = TextTower(shop.item_text, shop.profile_text, N_USERS, graph.pairs(TRAIN), PARAMS)
+    objective = TextTowerObjective(graph, model, batch_size=256, profile_from=cut)
+    users, items, ts = graph.edges(TRAIN)
+    first = {}
+    for user, item, time in zip(users.tolist(), items.tolist(), ts.tolist(), strict=True):
+        first.setdefault((user, item), time)
+    seen = 0
+    for batch_users, positives, _, with_profile in objective.batches(0, torch.Generator().manual_seed(0)):
+        expected = [first[(u, i)] >= cut for u, i in zip(batch_users.tolist(), positives.tolist(), strict=True)]
+        assert with_profile.tolist() == expected
+        inputs = model.user_inputs(batch_users, with_profile=with_profile)
+        assert not inputs[~with_profile, D_TEXT:].any()  # zero profile and has_profile 0
+        assert torch.equal(inputs[with_profile, D_TEXT:-1], shop.profile_text[batch_users[with_profile]])
+        seen += len(batch_users)
+    assert seen == len(graph.pairs(TRAIN)) and 0 < sum(first[k] >= cut for k in first) < len(first)
 
 
 def test_training_is_seeded(shop: Shop) -> None:
