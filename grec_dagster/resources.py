@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 import duckdb
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from grec_dagster.data.quality import QualityParams
 from grec_dagster.data.sources import DataSource, SourceParams, make_source
@@ -22,7 +22,15 @@ from grec_dagster.layout import CheckpointLayout
 from grec_dagster.llm.profile_schema import DEFAULT_MAX_EVENTS
 from grec_dagster.llm.prompting import DEFAULT_PROMPT
 from grec_dagster.settings import MLFLOW_EXPERIMENT
-from grec_dagster.training.devices import DeviceStatus, Placement, place, probe_devices
+from grec_dagster.training.devices import (
+    DEFAULT_LOCK_DIR,
+    DeviceStatus,
+    Placement,
+    Reservation,
+    place,
+    probe_devices,
+    reserve,
+)
 from grec_dagster.training.tracking import TrackedRun, tracked_run
 
 if TYPE_CHECKING:
@@ -108,27 +116,56 @@ class GpuResource(dg.ConfigurableResource):
     """Where training runs: the GPU with room (free memory, load), else the CPU when allowed.
 
     The retrain sensor asks it before requesting a run, and each training step asks again when it
-    starts, since the answer can change in between. Training assets also sit in the `gpu` pool, so
-    the instance's pool limit (1 by default, see `grec init`) keeps two of them off one GPU.
+    starts, since the answer can change in between. A step's `device()` reserves its GPU (a lock
+    per GPU on this machine) until the step ends, so steps placed at the same moment take different
+    GPUs. Training assets also sit in the `gpu` pool, so the instance's pool limit (1 by default,
+    see `grec init`) bounds how many train at once.
     """
 
     min_free_memory_mb: int = Field(default=2048, description="Free memory a GPU needs to take a training step.")
     max_utilization: float = Field(default=90.0, description="A GPU busier than this percent counts as taken.")
     allow_cpu_fallback: bool = Field(default=True, description="Train on the CPU when no GPU has room.")
+    lock_dir: str = Field(
+        default=str(DEFAULT_LOCK_DIR),
+        description="Folder of the per-GPU locks: local to the machine, shared by all its training processes.",
+    )
+    _reservation: Reservation | None = PrivateAttr(default=None)
 
     def devices(self) -> list[DeviceStatus]:
         return probe_devices()
 
     def placement(self) -> Placement:
+        """Where a step would train now, from the readings alone (reserving nothing)."""
         return place(self.devices(), self.min_free_memory_mb, self.max_utilization, self.allow_cpu_fallback)
 
     def device(self) -> str:
-        """The device a training step should use now; raises when there is none and no CPU fallback."""
-        placement = self.placement()
+        """The device a training step should use, its GPU reserved until this resource is torn down
+        (the step's end) or its process dies; raises when there is none and no CPU fallback. Asked
+        again by the same step (or, in one process, a later step), it keeps the GPU it holds."""
+        held = self._reservation
+        if held is None or held.lock is None:
+            held = reserve(
+                self.devices(),
+                self.min_free_memory_mb,
+                self.max_utilization,
+                self.allow_cpu_fallback,
+                Path(self.lock_dir),
+            )
+            self._reservation = held
+        placement = held.placement
         if placement.device is None:
             raise RuntimeError(f"nowhere to train: {placement.reason}")
         dg.get_dagster_logger().info(f"training on {placement.device}: {placement.reason}")
         return placement.device
+
+    def release(self) -> None:
+        """Give the reserved GPU back to the machine's other steps."""
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.release()
 
 
 class LlmResource(dg.ConfigurableResource):

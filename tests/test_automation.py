@@ -38,8 +38,11 @@ def record(instance: dg.DagsterInstance, *keys: str) -> None:
 
 
 def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None):
-    context = dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs, cursor=cursor)
-    return defs.resolve_sensor_def(SENSOR)(context)
+    # A context manager, as the daemon opens it: the `gpu` resource is torn down after the tick.
+    with dg.build_sensor_context(
+        instance=instance, resources=defs.resources, definitions=defs, cursor=cursor
+    ) as context:
+        return defs.resolve_sensor_def(SENSOR)(context)
 
 
 def test_retrain_selects_features_training_and_evaluation_but_not_ingestion(grec_home):
