@@ -1,8 +1,10 @@
-"""The `grec` command: set up GREC_HOME, fetch data, print results, recommend, compare runs, open the UIs.
+"""The `grec` command: set up GREC_HOME, fetch data, ingest your files, print results, recommend,
+compare runs, open the UIs.
 
 It reads the same places the Dagster definitions write (GREC_HOME, overridden by GREC_CONFIG),
-so what it prints is what the assets wrote. It imports nothing heavy it does not need: Dagster
-is never imported, and `grec recommend` needs only NumPy once its index is built.
+so what it prints is what the assets wrote. It imports nothing heavy it does not need: only
+`grec ingest` imports Dagster (it runs the ingestion assets), and `grec recommend` needs only
+NumPy once its index is built.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grec_dagster.layout import HomeLayout
 from grec_dagster.settings import MLFLOW_EXPERIMENT, user_setting
+
+if TYPE_CHECKING:
+    from assets.ingestion import Ingestion
 
 DAGSTER_YAML = """\
 # Written by `grec init`: the local Dagster instance of grec, SQLite storage under this folder.
@@ -66,6 +72,44 @@ def _cmd_data_fetch(_: argparse.Namespace) -> int:
     folder = fetch_movielens_100k(HomeLayout.current().data_cache)
     print(f"MovieLens-100K verified in {folder}")
     return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    """Every file of the `files` source ingested as its partition, on GREC_HOME's Dagster instance."""
+    import dagster as dg
+
+    from assets.ingestion import ingest_files
+    from grec_dagster.data.errors import DataSourceError
+    from grec_dagster.definitions import build_definitions
+    from grec_dagster.settings import load_user_config
+
+    dagster_home = init_home()
+    failed = 0
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        try:
+            for done in ingest_files(build_definitions(load_user_config()), instance, again=args.all):
+                failed += not done.ok
+                _print_ingestion(done)
+        except DataSourceError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    if failed:
+        print(f"{failed} not ingested or held back: fix and run `grec ingest` again", file=sys.stderr)
+        return 1
+    train = "dagster asset materialize -m grec_dagster.definitions --select 'interaction_graph*'"
+    print(f"\nnext: DAGSTER_HOME={dagster_home} {train}")
+    return 0
+
+
+def _print_ingestion(done: Ingestion) -> None:
+    if done.unchanged:
+        print(f"{done.name}: unchanged since it was ingested (`grec ingest --all` ingests it again)")
+    if done.accounting:
+        print(f"{done.name}: {done.accounting}")
+    if done.refused:
+        print(f"error: {done.refused}", file=sys.stderr)
+    for check in done.failed_checks:
+        print(f"error: {done.name} is stored but held back from training: {check}", file=sys.stderr)
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
@@ -126,8 +170,9 @@ def _cmd_runs_compare(args: argparse.Namespace) -> int:
     from grec_dagster.training.runs import compare_runs
 
     experiment = args.experiment or user_setting("mlflow", "experiment", MLFLOW_EXPERIMENT)
+    last = args.last or (100 if args.over_seeds else 10)
     try:
-        table = compare_runs(_mlflow_tracking_uri(), experiment, args.last, args.prefix)
+        table = compare_runs(_mlflow_tracking_uri(), experiment, last, args.prefix, args.over_seeds)
     except LookupError as error:
         print(error, file=sys.stderr)
         return 1
@@ -155,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     data.add_parser("fetch", help="download and verify MovieLens-100K").set_defaults(run=_cmd_data_fetch)
+    ingest = commands.add_parser(
+        "ingest", help="ingest every file of the `files` source (GREC_CONFIG) as its partition, without the daemon"
+    )
+    ingest.add_argument("--all", action="store_true", help="also files whose content was ingested before")
+    ingest.set_defaults(run=_cmd_ingest)
     results = commands.add_parser("results", help="print the evaluation results table")
     results.add_argument("--dataset", default=None, help="only this dataset (e.g. movielens-100k)")
     results.add_argument("--segment", default="all", help="all, cold_users, warm_users, head_items, tail_items, cold_items")
@@ -166,8 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="MLflow runs").add_subparsers(dest="runs_command", required=True)
     compare = runs.add_parser("compare", help="the metrics of an experiment's runs side by side")
     compare.add_argument("--experiment", default=None, help="default: the mlflow resource's experiment")
-    compare.add_argument("--last", type=int, default=10, help="how many of the newest runs")
+    compare.add_argument("--last", type=int, default=None, help="how many of the newest runs (10; 100 --over-seeds)")
     compare.add_argument("--prefix", default="test_", help="only metrics starting with this ('' for all)")
+    compare.add_argument(
+        "--over-seeds",
+        action="store_true",
+        help="one column per model and commit: runs, seeds, and each metric's mean ± std over the seeds",
+    )
     compare.set_defaults(run=_cmd_runs_compare)
     ui = commands.add_parser("ui", help="start the Dagster UI and the MLflow UI; Ctrl-C stops both")
     ui.add_argument("--dagster-port", type=int, default=3000)

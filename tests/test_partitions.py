@@ -1,9 +1,11 @@
 """Partitions through Dagster: one partition per landed file, re-materializing replaces only that
 file, a failing blocking check stops what is downstream, and the sensor turns new files into partitions."""
 
+import hashlib
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -11,9 +13,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from assets.ingestion import LANDED_FILES
+from assets.ingestion import LANDED_FILES, materialize_in_process
 from grec_dagster.data.errors import DataSourceError
-from grec_dagster.data.landing import LandedFile, landed_files, plan_landing
+from grec_dagster.data.landing import LandedFile, landed_files, plan_landing, read_cursor
 from grec_dagster.data.schema import SourceFrames
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
 from grec_dagster.data.validation import validate_interactions
@@ -60,14 +62,7 @@ def materialize(
     defs: dg.Definitions, instance: dg.DagsterInstance, partition: str, *assets: str
 ) -> dg.ExecuteInProcessResult:
     """Materialize `assets` (with their checks) for one file, as a run the sensor requests would."""
-    return dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.assets(*assets),
-        partition_key=partition,
-        resources=defs.resources,
-        instance=instance,
-        raise_on_error=False,
-    )
+    return materialize_in_process(defs, instance, list(assets), partition)
 
 
 def warehouse_rows(home: Path, table: str) -> pd.DataFrame:
@@ -173,45 +168,100 @@ def test_a_hostile_file_name_is_just_a_partition_key(grec_home: Path, landing: P
     assert stored.item_id[0] == "i1'); DROP TABLE interactions; --"
 
 
+class Sensor:
+    """The landing sensor ticking as the daemon runs it: its cursor carried from tick to tick, the
+    partitions it asks for added to the instance."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance):
+        self.defs, self.instance, self.cursor = defs, instance, None
+
+    def tick(self) -> dg.SensorResult:
+        sensor = self.defs.resolve_sensor_def(SENSOR)
+        with dg.build_sensor_context(
+            instance=self.instance, resources=self.defs.resources, definitions=self.defs, cursor=self.cursor
+        ) as context:
+            result = sensor(context)
+        for request in result.dynamic_partitions_requests:
+            self.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        self.cursor = result.cursor
+        return result
+
+    def requested(self) -> dict[str, str]:
+        """Partition -> run key of what the next tick requests."""
+        return {request.partition_key: request.run_key for request in self.tick().run_requests}
+
+
 def test_the_sensor_turns_landed_files_into_partitions(grec_home: Path, landing: Path):
     defs = files_definitions(landing)
-    sensor = defs.resolve_sensor_def(SENSOR)
     (landing / "arriving.csv").write_text("user_id,item_id,ts\nu1,i000001,2024-01-02\n")  # still being copied in
     with dg.instance_for_test(temp_dir=str(grec_home / "dagster")) as instance:
-
-        def tick() -> dg.SensorResult:
-            result = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs))
-            for request in result.dynamic_partitions_requests:  # what the daemon does with them
-                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-            return result
-
-        first = tick()
+        sensor = Sensor(defs, instance)
+        first = sensor.tick()
         assert [r.partition_keys for r in first.dynamic_partitions_requests] == [["day1.csv", "day2.csv"]]
         assert [r.partition_key for r in first.run_requests] == ["day1.csv", "day2.csv"]
-        assert tick().dynamic_partitions_requests == []
-        assert [r.run_key for r in tick().run_requests] == [
-            r.run_key for r in first.run_requests
-        ]  # the daemon de-duplicates
+        again = sensor.tick()
+        assert again.dynamic_partitions_requests == [] and again.run_requests == []  # each version once
 
         assert materialize(defs, instance, "day1.csv", "raw_interactions").success
         settle(landing / "arriving.csv")
-        later = tick()
+        later = sensor.tick()
         assert [r.partition_keys for r in later.dynamic_partitions_requests] == [["arriving.csv"]]
-        assert [r.partition_key for r in later.run_requests] == ["arriving.csv", "day2.csv"]
+        assert [r.partition_key for r in later.run_requests] == ["arriving.csv"]
 
         (landing / "day2.csv").write_text("user_id,item_id,ts\nu1,i000001,2024-01-02\n")
         settle(landing / "day2.csv")
-        rewritten = {r.partition_key: r.run_key for r in tick().run_requests}
-        assert rewritten["day2.csv"] != {r.partition_key: r.run_key for r in later.run_requests}["day2.csv"]
+        rewritten = sensor.requested()
+        assert list(rewritten) == ["day2.csv"]
+        assert rewritten["day2.csv"] not in {r.run_key for r in first.run_requests}
         assert instance.get_dynamic_partitions(LANDED_FILES.name) == ["day1.csv", "day2.csv", "arriving.csv"]
 
 
+def test_each_new_content_of_a_file_is_requested_once_even_after_its_check_failed(
+    grec_home: Path, landing: Path, shop: SourceFrames
+):
+    """overlap.csv repeats day1.csv's events, so its blocking check fails; fixed, it is ingested again."""
+    log = shop.interactions[LOG_COLUMNS]
+    (landing / "day2.csv").unlink()
+    overlap = landing / "overlap.csv"
+    pd.concat([log.iloc[:200], log.iloc[1500:1900]]).to_csv(overlap, index=False)
+    settle(overlap)
+    defs = files_definitions(landing)
+    with dg.instance_for_test(temp_dir=str(grec_home / "dagster")) as instance:
+        sensor = Sensor(defs, instance)
+        assert list(sensor.requested()) == ["day1.csv", "overlap.csv"]
+        assert materialize(defs, instance, "day1.csv", "raw_interactions").success
+        failed = materialize(defs, instance, "overlap.csv", "raw_interactions")
+        assert [check.passed for check in failed.get_asset_check_evaluations()] == [False]
+        assert failed.asset_materializations_for_node("raw_interactions")  # stored, held back from training
+
+        settle(overlap)  # touched, or copied in again: same content, no new request
+        assert sensor.requested() == {}
+        log.iloc[1500:1900].to_csv(overlap, index=False)  # fixed: the repeated events removed
+        settle(overlap)
+        fixed = f"overlap.csv@{hashlib.sha256(overlap.read_bytes()).hexdigest()}"
+        assert sensor.requested() == {"overlap.csv": fixed}
+        assert sensor.requested() == {}
+
+        # A sensor that lost its cursor asks only for what no materialization has read.
+        forgetful = Sensor(defs, instance)
+        assert forgetful.requested() == {"overlap.csv": fixed}
+        passed = materialize(defs, instance, "overlap.csv", "raw_interactions")
+        assert [check.passed for check in passed.get_asset_check_evaluations()] == [True]
+        metadata = passed.asset_materializations_for_node("raw_interactions")[0].metadata
+        assert f"overlap.csv@{metadata['content_version'].value}" == fixed
+        assert Sensor(defs, instance).requested() == {}
+
+
 def test_which_partitions_are_new(tmp_path: Path):
-    landed = [LandedFile(tmp_path / name, 10, 1) for name in ("a.csv", "b.csv", "c.csv")]
-    plan = plan_landing(landed, partitions=["a.csv", "b.csv", "gone.csv"], ingested=["a.csv"])
+    landed = [LandedFile(tmp_path / name, 10, 1, version=f"{name} v2") for name in ("a.csv", "b.csv", "c.csv")]
+    seen = {"b.csv": LandedFile(Path("b.csv"), 10, 1, "b.csv v2")}
+    ingested = {"a.csv": "a.csv v2", "b.csv": "b.csv v1"}.get
+    plan = plan_landing(landed, partitions=["a.csv", "b.csv", "gone.csv"], seen=seen, ingested_version=ingested)
     assert plan.new_partitions == ["c.csv"]
-    assert [f.partition_key for f in plan.to_ingest] == ["b.csv", "c.csv"]
-    assert plan_landing([], partitions=["a.csv"], ingested=[]).new_partitions == []
+    assert [f.partition_key for f in plan.to_ingest] == ["c.csv"]  # a: ingested as is; b: requested before
+    assert read_cursor(plan.cursor) == {f.partition_key: replace(f, path=Path(f.partition_key)) for f in landed}
+    assert plan_landing(landed, ["a.csv", "b.csv"], seen={}, ingested_version=ingested).to_ingest == landed[1:]
+    assert plan_landing([], partitions=["a.csv"], seen={}, ingested_version=ingested).new_partitions == []
 
 
 def test_landed_files_wait_to_settle_and_must_have_distinct_names(tmp_path: Path):
@@ -222,3 +272,19 @@ def test_landed_files_wait_to_settle_and_must_have_distinct_names(tmp_path: Path
     with pytest.raises(DataSourceError, match="two landed files share this name"):
         landed_files(str(tmp_path / "*" / "*.csv"), settled_before=time.time() + 60)
     assert landed_files(str(tmp_path / "none" / "*.csv"), settled_before=time.time()) == []
+
+
+def test_a_quiet_file_keeps_its_version_unread_and_a_rewritten_one_is_hashed(tmp_path: Path):
+    day = tmp_path / "day.csv"
+    day.write_text("user_id,item_id,ts\nu1,i1,2024-01-02\n")
+    settle(day)
+    [landed] = landed_files(str(tmp_path / "*.csv"), settled_before=time.time())
+    assert landed.version == hashlib.sha256(day.read_bytes()).hexdigest()
+    # The cursor's version is trusted while size and modification time are those it recorded.
+    recorded = {"day.csv": replace(landed, version="as recorded")}
+    assert landed_files(str(tmp_path / "*.csv"), time.time(), recorded)[0].version == "as recorded"
+    day.write_text("user_id,item_id,ts\nu2,i1,2024-01-02\n")
+    settle(day)
+    assert landed_files(str(tmp_path / "*.csv"), time.time(), recorded)[0].version == (
+        hashlib.sha256(day.read_bytes()).hexdigest()
+    )

@@ -13,6 +13,7 @@ and a latin-1 file is wrong on every row that has an accent, so no row of it is 
 from __future__ import annotations
 
 import glob
+import hashlib
 from pathlib import Path
 
 import duckdb
@@ -28,6 +29,16 @@ LIKELY_DELIMITERS = (",", ";", "\t", "|")
 def matching_files(pattern: str) -> list[Path]:
     """Every file the path or glob names, sorted by path; empty when there is none."""
     return sorted(Path(p) for p in glob.glob(str(Path(pattern).expanduser())) if Path(p).is_file())
+
+
+def content_version(path: Path) -> str:
+    """The SHA-256 of the file's bytes: a file rewritten with new content gets a new version, one
+    merely touched or copied in again keeps its version."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolve_files(pattern: str) -> list[Path]:

@@ -27,7 +27,13 @@ from grec_dagster.data.validation import RowRules
 SAMPLE_ROWS = 10
 """Bad rows shown per failing expectation."""
 
-GX_TYPES: dict[str, str] = {"string": "str", "datetime64[us]": "datetime64", "float64": "float64", "int64": "int64"}
+GX_TYPES: dict[str, str] = {
+    "string": "str",
+    "datetime64[us]": "datetime64",
+    "float64": "float64",
+    "int64": "int64",
+    "boolean": "bool",
+}
 """Our schema's dtypes as GX names the scalar type of the pandas columns DuckDB returns."""
 
 NS_RANGE = (pd.Timestamp("1678-01-01"), pd.Timestamp("2262-01-01"))

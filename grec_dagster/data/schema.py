@@ -21,8 +21,11 @@ INTERACTION_COLUMNS: dict[str, str] = {
     "value": "float64",
     "source": "string",
     "source_row": "int64",
+    "positive": "boolean",
 }
-"""The accepted raw log. `ts` is UTC without a zone; `source`/`source_row` point back to the input."""
+"""The accepted raw log. `ts` is UTC without a zone; `source`/`source_row` point back to the input;
+`positive` is false for a rating below the source's `positive_min` (kept, never trained on).
+`positive` comes last because warehouses from before it gain it as their last column."""
 
 ITEM_COLUMNS: dict[str, str] = {
     "item_id": "string",
@@ -51,6 +54,7 @@ DUCKDB_TYPES = {
     "datetime64[us]": "TIMESTAMP",
     "float64": "DOUBLE",
     "int64": "BIGINT",
+    "boolean": "BOOLEAN",
 }
 
 

@@ -16,7 +16,14 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from grec_dagster.data.errors import DataSourceError
-from grec_dagster.data.files import map_columns, read_text_table, resolve_files
+from grec_dagster.data.files import (
+    OPTIONAL_INTERACTION_COLUMNS,
+    REQUIRED_INTERACTION_COLUMNS,
+    content_version,
+    map_columns,
+    read_text_table,
+    resolve_files,
+)
 from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k
 from grec_dagster.data.schema import ITEM_COLUMNS, USER_KEY, SourceFrames, conform, conform_users
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
@@ -41,6 +48,10 @@ class SourceParams(BaseModel):
     )
     delimiter: str | None = Field(default=None, description="files: CSV delimiter; sniffed when unset.")
     timestamp_format: str = Field(default="auto", description="auto | unix_s | unix_ms | a strftime format.")
+    positive_min: float | None = Field(
+        default=None,
+        description="files: explicit ratings to implicit feedback: a `value` below this is kept but not trained on.",
+    )
 
 
 class DataSource(Protocol):
@@ -125,17 +136,34 @@ class FilesSource:
         if batch not in files:
             raise DataSourceError("no such file among the configured logs", file=batch)
         path = files[batch]
+        # Hashed before reading: should the file change in between, the version recorded is the older
+        # one, and the landing sensor asks for the newer one later (never the other way round).
+        version = content_version(path)
         raw = read_text_table(path, self.params.delimiter)
         if raw.empty:
             raise DataSourceError("the log has no rows", file=str(path))
         mapped = map_columns(
             raw,
-            self._mapping(("user_id", "item_id", "ts", "event", "value")),
-            wanted=("user_id", "item_id", "ts", "event", "value"),
-            required=("user_id", "item_id", "ts"),
+            self._mapping((*REQUIRED_INTERACTION_COLUMNS, *OPTIONAL_INTERACTION_COLUMNS)),
+            wanted=(*REQUIRED_INTERACTION_COLUMNS, *OPTIONAL_INTERACTION_COLUMNS),
+            required=REQUIRED_INTERACTION_COLUMNS,
             path=path,
         )
-        return validate_interactions(mapped, batch, timestamp_format=self.params.timestamp_format, original=raw)
+        if self.params.positive_min is not None and "value" not in mapped:
+            raise DataSourceError(
+                f"positive_min {self.params.positive_min} needs a rating: map your rating column to `value` "
+                "in `columns`",
+                file=str(path),
+                column="value",
+            )
+        return validate_interactions(
+            mapped,
+            batch,
+            timestamp_format=self.params.timestamp_format,
+            positive_min=self.params.positive_min,
+            original=raw,
+            version=version,
+        )
 
     def _mapping(self, wanted: tuple[str, ...]) -> dict[str, str]:
         return {ours: theirs for ours, theirs in self.params.columns.items() if ours in wanted}

@@ -191,6 +191,7 @@ def simulate_shop(config: SyntheticConfig) -> SyntheticShop:
             "value": log.value,
             "source": _take_strings(np.array([config.source]), np.zeros(log.ts.size, dtype=np.int32)),
             "source_row": np.arange(log.ts.size, dtype=np.int64),
+            "positive": pd.Series(np.ones(log.ts.size, dtype=bool), dtype="boolean"),  # views, carts, purchases
         }
     )
     items = pd.DataFrame(

@@ -10,7 +10,7 @@ asserts `rows_read == len(accepted) + len(quarantine)`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,8 @@ class IngestedBatch:
     accepted: pd.DataFrame
     quarantine: pd.DataFrame
     rows_read: int
+    version: str | None = None
+    """The content hash of the file it was read from (None for a built-in source)."""
 
     def __post_init__(self) -> None:
         if len(self.accepted) + len(self.quarantine) != self.rows_read:
@@ -53,8 +55,15 @@ class IngestedBatch:
                 f"!= {self.rows_read} read"
             )
 
+    @property
+    def rows_below_positive_min(self) -> int:
+        """Accepted ratings under the source's `positive_min`: stored, never trained on (0 for a catalog)."""
+        return int((~self.accepted["positive"]).sum()) if "positive" in self.accepted else 0
+
     def accounting(self) -> str:
-        return f"read {self.rows_read} = accepted {len(self.accepted)} + quarantined {len(self.quarantine)}"
+        line = f"read {self.rows_read} = accepted {len(self.accepted)} + quarantined {len(self.quarantine)}"
+        below = self.rows_below_positive_min
+        return f"{line} ({below} accepted below positive_min: kept, not trained on)" if below else line
 
 
 @dataclass(frozen=True)
@@ -140,14 +149,18 @@ def validate_interactions(
     *,
     timestamp_format: str = "auto",
     default_event: str = "interaction",
+    positive_min: float | None = None,
     original: pd.DataFrame | None = None,
+    version: str | None = None,
 ) -> IngestedBatch:
     """Type a raw interaction frame and split it into accepted rows and quarantined rows.
 
     `frame` holds our column names (after `files.map_columns`) and a `source_row`; values may be
     text or already typed. Rules, in order: ids present; timestamp parses; value, when given,
-    is a finite number. `original` holds the rows as the user wrote them (their column names),
-    kept verbatim in the quarantine.
+    is a finite number; with `positive_min`, a value is given. An accepted row is `positive`
+    unless its value is below `positive_min` (RecBole's threshold on explicit ratings): such rows
+    are kept, marked, and left out of training. `original` holds the rows as the user wrote them
+    (their column names), kept verbatim in the quarantine; `version` is the file's content hash.
     """
     n = len(frame)
     source_row = frame["source_row"].to_numpy("int64") if "source_row" in frame else np.arange(n, dtype="int64")
@@ -161,6 +174,7 @@ def validate_interactions(
             ("item_id", _is_blank(frame["item_id"]), "empty or missing id"),
             ("ts", ts.isna().to_numpy(), "timestamp cannot be parsed"),
             ("value", value_given & ~np.isfinite(value.to_numpy()), "value is not a finite number"),
+            ("value", (positive_min is not None) & ~value_given, f"no value, which positive_min {positive_min} needs"),
         ],
         n,
     )
@@ -179,6 +193,7 @@ def validate_interactions(
             "value": value.where(value_given, 1.0) if "value" in frame else value,
             "source": source,
             "source_row": source_row,
+            "positive": True if positive_min is None else value >= positive_min,
         }
     )
     quarantine = _quarantine_rows(
@@ -188,6 +203,7 @@ def validate_interactions(
         accepted=conform(typed.loc[~bad], INTERACTION_COLUMNS),
         quarantine=quarantine,
         rows_read=n,
+        version=version,
     )
 
 
@@ -229,10 +245,8 @@ def enforce_row_rules(batch: IngestedBatch, rules: RowRules) -> IngestedBatch:
         rows.loc[bad, EVENT_KEY],
     )
     quarantine = pd.concat([batch.quarantine, found], ignore_index=True).sort_values("source_row", kind="stable")
-    return IngestedBatch(
-        accepted=rows.loc[~bad].reset_index(drop=True),
-        quarantine=conform(quarantine, QUARANTINE_COLUMNS),
-        rows_read=batch.rows_read,
+    return replace(
+        batch, accepted=rows.loc[~bad].reset_index(drop=True), quarantine=conform(quarantine, QUARANTINE_COLUMNS)
     )
 
 

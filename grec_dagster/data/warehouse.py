@@ -22,11 +22,20 @@ TABLES: dict[str, dict[str, str]] = {
 }
 
 
+ADDED_COLUMNS: dict[str, dict[str, str]] = {"interactions": {"positive": "true"}}
+"""Columns added after warehouses were first written, with the value their older rows had
+(before `positive_min` existed, every accepted event was trained on)."""
+
+
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the fixed-schema tables if they are missing (users' columns vary, so it is made on write)."""
+    """Create the fixed-schema tables if they are missing, and add the columns an older warehouse
+    lacks (users' columns vary, so that table is made on write)."""
     for table, columns in TABLES.items():
         body = ", ".join(f'"{name}" {DUCKDB_TYPES[dtype]}' for name, dtype in columns.items())
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
+        for name, old_rows in ADDED_COLUMNS.get(table, {}).items():
+            kind = DUCKDB_TYPES[columns[name]]
+            con.execute(f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "{name}" {kind} DEFAULT {old_rows}')
 
 
 def replace_batches(
@@ -49,7 +58,7 @@ def replace_batches(
             for batch in batches.values():
                 con.register("accepted_rows", batch.accepted)
                 con.register("quarantined_rows", batch.quarantine)
-                con.execute("INSERT INTO interactions SELECT * FROM accepted_rows")
+                con.execute("INSERT INTO interactions BY NAME SELECT * FROM accepted_rows")
                 con.execute("INSERT INTO quarantine SELECT * FROM quarantined_rows")
                 con.unregister("accepted_rows")
                 con.unregister("quarantined_rows")
@@ -116,13 +125,21 @@ def record_verdict(con: duckdb.DuckDBPyConnection, source: str | None, passed: b
 
 
 def trusted_interactions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """The accepted log without the batches whose last blocking check failed, in time order."""
+    """What models train on: the accepted positives (no rating below `positive_min`) outside the
+    batches whose last blocking check failed, in time order."""
     con.execute(VERDICTS_DDL)
+    ensure_tables(con)
     return con.execute(
         """SELECT user_id, item_id, ts FROM interactions
-           WHERE source NOT IN (SELECT source FROM batch_verdicts WHERE NOT passed)
+           WHERE positive AND source NOT IN (SELECT source FROM batch_verdicts WHERE NOT passed)
            ORDER BY ts, source, source_row"""
     ).df()
+
+
+def rows_below_positive_min(con: duckdb.DuckDBPyConnection) -> int:
+    """Accepted rows kept but not trained on because their rating is below the source's `positive_min`."""
+    ensure_tables(con)
+    return con.execute("SELECT count(*) FROM interactions WHERE NOT positive").fetchall()[0][0]
 
 
 def held_back_rows(con: duckdb.DuckDBPyConnection) -> int:

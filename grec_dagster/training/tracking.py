@@ -1,13 +1,16 @@
 """A thin wrapper over one MLflow run, through an explicit client (no global active run).
 
 Explicit clients keep concurrent runs (several assets in one process, or DDP workers) apart,
-and let tests point at a throw-away SQLite store.
+and let tests point at a throw-away SQLite store. Every run is tagged with the source tree it ran
+from (`source_tags`), so runs of one model can be compared across commits (`runs.compare_runs`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -79,6 +82,43 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+COMMIT_TAG = "mlflow.source.git.commit"
+"""MLflow's own tag for the commit (its UI shows it on the run page); "unknown" outside a git checkout."""
+DIRTY_TAG = "grec.git.dirty"
+""""true" when the tree differed from its commit (changed or untracked files), "false", or "unknown"."""
+DIFF_TAG = "grec.git.diff"
+"""For a dirty tree, a digest of how it differed from its commit: equal digests, equal trees."""
+UNKNOWN = "unknown"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+"""The `grec_dagster` package: the tree a run ran from is the checkout holding it."""
+
+
+def source_tags(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
+    """The commit of the git checkout that `package_dir` is tracked in, whether the tree was dirty and,
+    if so, a digest of its changes (tracked diffs, and untracked files by name and content).
+
+    Asked at each run, not once per process: a long-lived code server outlives commits. A package
+    installed outside a checkout (or untracked inside one, as in a virtualenv) is "unknown".
+    """
+
+    def git(*args: str, cwd: Path = package_dir, stdin: bytes | None = None) -> bytes:
+        return subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=True).stdout
+
+    try:
+        git("ls-files", "--error-unmatch", "__init__.py")
+        top = Path(git("rev-parse", "--show-toplevel").decode().strip())
+        commit = git("rev-parse", "HEAD", cwd=top).decode().strip()
+        diff = git("diff", "HEAD", "--binary", cwd=top)
+        untracked = git("ls-files", "-z", "--others", "--exclude-standard", cwd=top).split(b"\0")[:-1]
+        contents = git("hash-object", "--stdin-paths", cwd=top, stdin=b"\n".join(untracked)) if untracked else b""
+    except (OSError, subprocess.CalledProcessError):
+        return {COMMIT_TAG: UNKNOWN, DIRTY_TAG: UNKNOWN}
+    if not diff and not untracked:
+        return {COMMIT_TAG: commit, DIRTY_TAG: "false"}
+    changes = hashlib.sha256(b"\0".join([diff, *untracked, contents])).hexdigest()
+    return {COMMIT_TAG: commit, DIRTY_TAG: "true", DIFF_TAG: changes[:12]}
+
+
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -95,10 +135,11 @@ def tracked_run(
     artifact_location: str | None = None,
     ui_url: str = "http://127.0.0.1:5000",
 ) -> Iterator[TrackedRun]:
-    """Open a run, yield it, and close it FINISHED, or FAILED if the body raised."""
+    """Open a run tagged with its source tree (and `tags`), yield it, and close it FINISHED, or FAILED
+    if the body raised."""
     client = MlflowClient(tracking_uri=tracking_uri)
     exp_id = experiment_id(client, experiment, artifact_location)
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    run = client.create_run(exp_id, run_name=run_name, tags=source_tags() | tags)
     tracked = TrackedRun(client, run.info.run_id, exp_id, ui_url)
     try:
         yield tracked

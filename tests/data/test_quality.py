@@ -57,31 +57,31 @@ def test_clean_tables_pass_every_suite(warehouse: duckdb.DuckDBPyConnection):
 DAMAGE = {
     # name: (statement damaging the warehouse, failing expectation, column, unexpected rows)
     "future event": (
-        "INSERT INTO interactions VALUES ('u1', 'i000001', TIMESTAMP '3000-01-01', 'view', 1, 'a.csv', 9001)",
+        "INSERT INTO interactions VALUES ('u1', 'i000001', TIMESTAMP '3000-01-01', 'view', 1, 'a.csv', 9001, true)",
         "expect_column_values_to_be_between",
         "ts_ns",
         1,
     ),
     "event before the start": (
-        "INSERT INTO interactions VALUES ('u1', 'i000001', TIMESTAMP '1980-01-01', 'view', 1, 'a.csv', 9001)",
+        "INSERT INTO interactions VALUES ('u1', 'i000001', TIMESTAMP '1980-01-01', 'view', 1, 'a.csv', 9001, true)",
         "expect_column_values_to_be_between",
         "ts_ns",
         1,
     ),
     "null user id": (
-        "INSERT INTO interactions VALUES (NULL, 'i000001', TIMESTAMP '2024-01-02', 'view', 1, 'a.csv', 9001)",
+        "INSERT INTO interactions VALUES (NULL, 'i000001', TIMESTAMP '2024-01-02', 'view', 1, 'a.csv', 9001, true)",
         "expect_column_values_to_not_be_null",
         "user_id",
         1,
     ),
     "empty item id": (
-        "INSERT INTO interactions VALUES ('u1', '', TIMESTAMP '2024-01-02', 'view', 1, 'a.csv', 9001)",
+        "INSERT INTO interactions VALUES ('u1', '', TIMESTAMP '2024-01-02', 'view', 1, 'a.csv', 9001, true)",
         "expect_column_value_lengths_to_be_between",
         "item_id",
         1,
     ),
     "negative value": (
-        "INSERT INTO interactions VALUES ('u1', 'i000001', TIMESTAMP '2024-01-02', 'view', -5, 'a.csv', 9001)",
+        "INSERT INTO interactions VALUES ('u1', 'i000001', TIMESTAMP '2024-01-02', 'view', -5, 'a.csv', 9001, true)",
         "expect_column_values_to_be_between",
         "value",
         1,
