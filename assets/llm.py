@@ -12,12 +12,20 @@ from assets.ingestion import items
 from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.graph.interactions import InteractionGraph
 from grec_dagster.llm.embedding_cache import embed_with_cache
+from grec_dagster.llm.fidelity import fidelity_warnings, profile_fidelity
 from grec_dagster.llm.profile_cache import plan_refresh, store_profiles
 from grec_dagster.llm.profile_schema import UserProfile
 from grec_dagster.llm.profiles import ProfileResult, generate_profiles
 from grec_dagster.llm.prompting import load_prompt
 from grec_dagster.llm.text_encoder import TextEncoder, TextEncoderConfig
-from grec_dagster.llm.texts import FACETS, facet_texts, item_texts, read_catalog, read_histories
+from grec_dagster.llm.texts import (
+    FACETS,
+    facet_texts,
+    item_texts,
+    read_catalog,
+    read_current_profiles,
+    read_histories,
+)
 from grec_dagster.resources import CheckpointStoreResource, LlmResource, WarehouseResource
 from grec_dagster.storage import save_tensors
 
@@ -48,7 +56,9 @@ def user_profiles(
 
         backend = TransformersBackend.load(settings)
         for start in range(0, len(plan.stale), USERS_PER_CHUNK):
-            chunk = generate_profiles(plan.stale[start : start + USERS_PER_CHUNK], catalog, backend, prompt, llm.max_events)
+            chunk = generate_profiles(
+                plan.stale[start : start + USERS_PER_CHUNK], catalog, backend, prompt, llm.max_events
+            )
             with warehouse.connect() as con:
                 store_profiles(con, chunk, settings.model_id, prompt.version)
             results.extend(chunk)
@@ -87,6 +97,29 @@ def user_profiles(
             "preview": dg.MetadataValue.md(markdown_preview(preview, 8)),
             "seconds": round(time.perf_counter() - started, 3),
         }
+    )
+
+
+@dg.asset_check(asset=user_profiles, description="Do the profiles say something true of their users?")
+def user_profiles_fidelity(llm: LlmResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    """Per facet, how much of what the current profiles say is true of their user (grounded interests
+    and brands, debris, category precision and recall, segments from the vocabulary, summaries that
+    state a fact: `llm/fidelity.py`); warns below issue 18's targets, with 5 sampled profiles."""
+    prompt = load_prompt(llm.prompt)
+    with warehouse.connect() as con:
+        histories = read_histories(con)
+        catalog = read_catalog(con)
+        profiles = read_current_profiles(con)
+    report = profile_fidelity(profiles, histories, catalog, prompt.instructions(), llm.max_events)
+    warnings = fidelity_warnings(report)
+    return dg.AssetCheckResult(
+        passed=not warnings,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(warnings) or f"all fidelity targets met on {report.profiles} profiles",
+        metadata={
+            **{name: value for name, value in report.metrics().items() if value is not None},
+            "samples": dg.MetadataValue.json(report.samples),
+        },
     )
 
 

@@ -1,11 +1,13 @@
 """Profile generation with the packaged SmolLM2-135M on this machine, measured side by side in one run.
 
-Prints users/s and tokens/s for the batched path against a naive one-user-at-a-time loop on the
-same users, then a full run over the MovieLens-100K users (each user's `--events` most recent
-ratings, with real titles and genres; the target: all 943 in under 5 minutes), and the compute
-limit: the model FLOPs the run performed per second against a bf16 matmul measured on the same cores.
+Prints the cost of each user's own grammar (compiled once per user: their options are enums), users/s
+and tokens/s for the batched path against a naive one-user-at-a-time loop on the same users, then a
+full run over the MovieLens-100K users (each user's 50 most recent ratings, their `--events` most
+recent in the prompt, with real titles, genres and demographics; the target: all 943 in under 5
+minutes), and the compute limit: the model FLOPs the run performed per second against a bf16 matmul
+measured on the same cores.
 
-    python benchmarks/bench_profiles.py [--users 943] [--events 10] [--batch-size 32] [--compare 16]
+    python benchmarks/bench_profiles.py [--users 943] [--events 10] [--batch-size 128] [--compare 16]
                                         [--data movielens|synthetic]
 
 Decoding settings (token budget, repetition penalty, dtype) are the `llm` resource's defaults, so the
@@ -16,116 +18,62 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
 from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k  # noqa: E402
-from grec_dagster.data.schema import CATEGORY_SEPARATOR  # noqa: E402
+from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic  # noqa: E402
 from grec_dagster.layout import HomeLayout  # noqa: E402
 from grec_dagster.llm.backends import ProfileBackend, TransformersBackend, shared_prefix  # noqa: E402
-from grec_dagster.llm.profile_schema import Catalog, HistoryEvent, UserHistory  # noqa: E402
+from grec_dagster.llm.constrained import JsonSchemaGrammars  # noqa: E402
+from grec_dagster.llm.profile_schema import UserHistory, choices_json_schema  # noqa: E402
 from grec_dagster.llm.profiles import DEFAULT_MAX_EVENTS, ProfileResult, generate_profiles  # noqa: E402
 from grec_dagster.llm.prompting import load_prompt  # noqa: E402
+from grec_dagster.llm.texts import histories_from_frames  # noqa: E402
+from grec_dagster.llm.vocabulary import Catalog, catalog_for, profile_requests  # noqa: E402
 from grec_dagster.resources import LlmResource  # noqa: E402
 
-MOVIES = [
-    ("Toy Story (1995)", "Animation|Children's|Comedy"),
-    ("Aladdin (1992)", "Animation|Children's|Comedy|Musical"),
-    ("Lion King, The (1994)", "Animation|Children's|Musical"),
-    ("Babe (1995)", "Children's|Comedy|Drama"),
-    ("Shining, The (1980)", "Horror"),
-    ("Alien (1979)", "Action|Horror|Sci-Fi|Thriller"),
-    ("Scream (1996)", "Horror|Thriller"),
-    ("Psycho (1960)", "Horror|Thriller"),
-    ("Star Wars (1977)", "Action|Adventure|Romance|Sci-Fi|War"),
-    ("Blade Runner (1982)", "Film-Noir|Sci-Fi"),
-    ("Terminator 2: Judgment Day (1991)", "Action|Sci-Fi|Thriller"),
-    ("Back to the Future (1985)", "Comedy|Sci-Fi"),
-    ("Sleepless in Seattle (1993)", "Comedy|Romance"),
-    ("Pretty Woman (1990)", "Comedy|Romance"),
-    ("Titanic (1997)", "Action|Drama|Romance"),
-    ("Sense and Sensibility (1995)", "Drama|Romance"),
-    ("Godfather, The (1972)", "Action|Crime|Drama"),
-    ("Pulp Fiction (1994)", "Crime|Drama"),
-    ("Fargo (1996)", "Crime|Drama|Thriller"),
-    ("Usual Suspects, The (1995)", "Crime|Thriller"),
-    ("Schindler's List (1993)", "Drama|War"),
-    ("Saving Private Ryan (1998)", "Action|Drama|War"),
-    ("Apocalypse Now (1979)", "Drama|War"),
-    ("Good, The Bad and The Ugly, The (1966)", "Action|Western"),
-    ("Unforgiven (1992)", "Western"),
-    ("Casablanca (1942)", "Drama|Romance|War"),
-    ("Maltese Falcon, The (1941)", "Film-Noir|Mystery"),
-    ("Vertigo (1958)", "Mystery|Thriller"),
-    ("Hoop Dreams (1994)", "Documentary"),
-    ("Crumb (1994)", "Documentary"),
-    ("Singin' in the Rain (1952)", "Musical|Romance"),
-    ("Sound of Music, The (1965)", "Musical"),
-    ("Princess Bride, The (1987)", "Action|Adventure|Comedy|Romance"),
-    ("Monty Python and the Holy Grail (1974)", "Comedy"),
-    ("Groundhog Day (1993)", "Comedy|Romance"),
-    ("Raiders of the Lost Ark (1981)", "Action|Adventure"),
-    ("Fugitive, The (1993)", "Action|Thriller"),
-    ("Silence of the Lambs, The (1991)", "Drama|Thriller"),
-    ("Wizard of Oz, The (1939)", "Adventure|Children's|Drama|Musical"),
-    ("E.T. the Extra-Terrestrial (1982)", "Children's|Drama|Fantasy|Sci-Fi"),
-]
-GENRES = sorted({genre for _, genres in MOVIES for genre in genres.split("|")})
+HISTORY_EVENTS = 50
+"""Events per user the pipeline holds (`user_histories`' default); segments are placed by all of them."""
 
 
-def synthetic_histories(count: int, events: int, seed: int = 0) -> list[UserHistory]:
-    """Users with a taste: each draws mostly from the movies of two favourite genres."""
-    rng = random.Random(seed)
-    start = datetime(1998, 1, 1)
-    histories = []
-    for index in range(count):
-        favourites = set(rng.sample(GENRES, 2))
-        weights = [4.0 if favourites & set(genres.split("|")) else 0.5 for _, genres in MOVIES]
-        picks = rng.choices(MOVIES, weights=weights, k=events)
-        histories.append(
-            UserHistory(
-                f"user-{index}",
-                tuple(HistoryEvent(start + timedelta(hours=hour), t, g, None) for hour, (t, g) in enumerate(picks)),
-            )
-        )
-    return histories
+def dataset(name: str, users: int) -> tuple[list[UserHistory], Catalog]:
+    """Every user's history and the catalog (segments fitted on all users) of MovieLens-100K or of a
+    synthetic shop with about `users` users."""
+    if name == "movielens":
+        frames = load_movielens_100k(fetch_movielens_100k(HomeLayout.current().data_cache))
+    else:
+        frames = generate_synthetic(SyntheticConfig(n_interactions=50 * users))
+    histories = histories_from_frames(frames, HISTORY_EVENTS)
+    return histories, catalog_for(frames.items, histories)
 
 
-def movielens_histories(events: int) -> tuple[list[UserHistory], Catalog]:
-    """Every MovieLens-100K user's `events` most recent ratings, and the genre catalog."""
-    frames = load_movielens_100k(fetch_movielens_100k(HomeLayout.current().data_cache))
-    items = frames.items.set_index("item_id")
-    recent = frames.interactions.sort_values(["user_id", "ts"]).groupby("user_id").tail(events)
-    histories = [
-        UserHistory(
-            str(user_id),
-            tuple(
-                HistoryEvent(ts.to_pydatetime(), items.at[item, "title"], items.at[item, "category"], None)
-                for item, ts in zip(rows["item_id"], rows["ts"], strict=True)
-            ),
-        )
-        for user_id, rows in recent.groupby("user_id", sort=False)
-    ]
-    genres = sorted({g for category in frames.items["category"] for g in category.split(CATEGORY_SEPARATOR) if g})
-    return histories, Catalog(categories=genres, brands=[])
+def grammar_cost(backend: TransformersBackend, histories: Sequence[UserHistory], catalog: Catalog, events: int) -> None:
+    """Milliseconds to compile each user's grammar, on a compiler with nothing cached."""
+    schemas = [choices_json_schema(r.options) for r in profile_requests(histories, catalog, events)]
+    fresh = JsonSchemaGrammars(backend.tokenizer, backend.model.config.vocab_size, backend.stop_token_ids)
+    start = time.perf_counter()
+    fresh.matchers(schemas)
+    seconds = time.perf_counter() - start
+    print(
+        f"  {len(schemas)} per-user grammars compiled in {seconds:.2f} s: {1000 * seconds / len(schemas):.1f} ms per user"
+    )
 
 
-def prompt_sizes(backend: TransformersBackend, histories: Sequence[UserHistory], events: int) -> None:
-    """Per prompt template: the tokens every prompt shares (run once per call) and the mean tokens
-    each user adds (run per user, and attended over at every decode step)."""
-    for name in ("profile_v1", "profile_v2"):
-        template = load_prompt(name)
-        prompts = [backend.encode(template.messages(history.most_recent(events))) for history in histories]
-        shared = len(shared_prefix(prompts))
-        own = sum(len(prompt) - shared for prompt in prompts) / len(prompts)
-        print(f"  {name}: {shared} shared tokens, {own:.0f} tokens of its own per user")
+def prompt_sizes(backend: TransformersBackend, histories: Sequence[UserHistory], catalog: Catalog, events: int) -> None:
+    """The tokens every prompt shares (run once per call) and the mean tokens each user adds (run per
+    user, and attended over at every decode step)."""
+    template = load_prompt()
+    prompts = [backend.encode(template.messages(request)) for request in profile_requests(histories, catalog, events)]
+    shared = len(shared_prefix(prompts))
+    own = sum(len(prompt) - shared for prompt in prompts) / len(prompts)
+    print(f"  {template.name}: {shared} shared tokens, {own:.0f} tokens of its own per user")
 
 
 def timed(
@@ -198,16 +146,16 @@ def main() -> None:
     start = time.perf_counter()
     backend = TransformersBackend.load(LlmResource(batch_size=args.batch_size).backend_config())
     print(f"SmolLM2-135M loaded in {time.perf_counter() - start:.1f} s; model id {backend.model_id}")
-    if args.data == "movielens":
-        histories, catalog = movielens_histories(args.events)
-    else:
-        histories = synthetic_histories(max(args.users, args.compare), args.events)
-        catalog = Catalog(categories=GENRES, brands=[])
-    print(f"{args.data}: {len(histories)} users, {len(catalog.categories)} categories")
-    timed(histories[:1], catalog, backend, args.events)  # compiles the grammar, warms the kernels
+    histories, catalog = dataset(args.data, max(args.users, args.compare))
+    print(
+        f"{args.data}: {len(histories)} users, {len(catalog.categories)} categories, {len(catalog.brands)} brands, "
+        f"{len(catalog.keywords.vocabulary)} keywords, {len(catalog.segments.vocabulary)} crowd segments"
+    )
+    timed(histories[:1], catalog, backend, args.events)  # warms the kernels
 
     print(f"\nprompt tokens over all {len(histories)} users, {args.events} events each:")
-    prompt_sizes(backend, histories, args.events)
+    prompt_sizes(backend, histories, catalog, args.events)
+    grammar_cost(backend, histories, catalog, args.events)
 
     print(f"\nbatched vs one user at a time, the same {args.compare} users, {args.events} events each:")
     compare = histories[: args.compare]

@@ -57,7 +57,7 @@ def build_definitions(overrides: dict[str, dict] | None = None) -> dg.Definition
     automation = build_automation(settings, assets, raw.key)
     return dg.Definitions(
         assets=assets,
-        asset_checks=ingestion_checks.build_quality_checks(raw),
+        asset_checks=[*ingestion_checks.build_quality_checks(raw), llm.user_profiles_fidelity],
         jobs=automation.jobs,
         schedules=automation.schedules,
         sensors=[*ingestion.landing_sensors(raw), *automation.sensors],

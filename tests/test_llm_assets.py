@@ -1,5 +1,6 @@
 """The LLM layer's assets through Dagster, with the packaged SmolLM2 and MiniLM weights: profiles are
-written for every user and only the users whose history changed are written again."""
+written for every user, every facet is true of its user, and only the users whose history changed
+are written again."""
 
 from pathlib import Path
 
@@ -8,8 +9,10 @@ import duckdb
 import pytest
 
 from grec_dagster.definitions import build_definitions
-from grec_dagster.llm.profile_schema import UserProfile
-from grec_dagster.llm.texts import FACETS
+from grec_dagster.llm.fidelity import fidelity_warnings, profile_fidelity
+from grec_dagster.llm.profile_schema import DEFAULT_MAX_EVENTS, UserProfile
+from grec_dagster.llm.prompting import load_prompt
+from grec_dagster.llm.texts import FACETS, read_catalog, read_current_profiles, read_histories
 from grec_dagster.storage import load_tensors
 
 UPSTREAM = ["raw_interactions", "items", "users", "interaction_graph", "user_histories"]
@@ -51,6 +54,22 @@ def test_every_user_gets_a_valid_profile_and_facet_embeddings(profiled, grec_hom
     known = {part for value in categories if value for part in value.split("|")}
     for (text,) in profiles:
         assert set(UserProfile.model_validate_json(text).categories) <= known
+    with duckdb.connect(str(grec_home / "warehouse.duckdb")) as con:
+        report = profile_fidelity(
+            read_current_profiles(con),
+            read_histories(con),
+            read_catalog(con),
+            load_prompt().instructions(),
+            DEFAULT_MAX_EVENTS,
+        )
+    assert report.profiles == users and fidelity_warnings(report) == [], report.metrics()
+    assert report.interests_grounded.value == report.segments_in_vocabulary.value == 1.0
+    cached = materialize(defs, instance, "user_profiles")  # every profile cached: the fidelity check is the work
+    [check] = [e for e in cached.get_asset_check_evaluations() if e.check_name == "user_profiles_fidelity"]
+    assert check.passed and check.metadata["profiles"].value == users
+    for name in ("interests_grounded", "category_precision", "segments_in_vocabulary", "debris_any_facet"):
+        assert check.metadata[name].value == report.metrics()[name], name
+    assert len(check.metadata["samples"].value) == min(5, users)
 
     done = materialize(defs, instance, "item_text_embeddings", "profile_embeddings")
     item_text = load_tensors(grec_home / "checkpoints" / "item_text_embeddings" / "item_text.safetensors")[0]
@@ -66,17 +85,22 @@ def test_every_user_gets_a_valid_profile_and_facet_embeddings(profiled, grec_hom
 def test_new_interactions_for_five_users_regenerate_exactly_their_profiles(profiled, grec_home: Path) -> None:
     defs, instance, first = profiled
     with duckdb.connect(str(grec_home / "warehouse.duckdb")) as con:
-        changed = [row[0] for row in con.execute("SELECT user_id FROM user_histories ORDER BY user_id LIMIT 5").fetchall()]
-        # Five users each buy one more item, on the day before their latest training event: it lands
-        # in the training split and in the window of recent events the prompt shows.
+        changed = [
+            row[0] for row in con.execute("SELECT user_id FROM user_histories ORDER BY user_id LIMIT 5").fetchall()
+        ]
+        # Five users each buy one more item, halfway between their latest event the profiles may read
+        # and the profile cut (`as_of`): it lands in the training split, before the cut, and in the
+        # window of recent events the prompt shows.
         con.execute(
             """INSERT INTO event_splits BY NAME
                SELECT e.* REPLACE (
                    (SELECT min(item_id) FROM items WHERE item_id NOT IN
                        (SELECT item_id FROM event_splits s WHERE s.user_id = e.user_id)) AS item_id,
-                   e.ts - INTERVAL 1 DAY AS ts)
+                   e.ts + (h.as_of - e.ts) / 2 AS ts)
                FROM (SELECT * FROM event_splits WHERE split = 'train' AND user_id IN (SELECT unnest(?))
-                     QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC) = 1) AS e""",
+                     AND ts < (SELECT any_value(as_of) FROM user_histories)
+                     QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC) = 1) AS e
+               JOIN user_histories AS h USING (user_id)""",
             [changed],
         )
     materialize(defs, instance, "user_histories")
@@ -84,5 +108,7 @@ def test_new_interactions_for_five_users_regenerate_exactly_their_profiles(profi
     assert second["regenerated"] == 5
     assert second["reused"] == first["regenerated"] - 5
     with duckdb.connect(str(grec_home / "warehouse.duckdb"), read_only=True) as con:
-        again = {row[0] for row in con.execute("SELECT user_id FROM current_user_profiles WHERE regenerated").fetchall()}
+        again = {
+            row[0] for row in con.execute("SELECT user_id FROM current_user_profiles WHERE regenerated").fetchall()
+        }
     assert again == {str(user) for user in changed}

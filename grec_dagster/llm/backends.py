@@ -55,8 +55,8 @@ class ProfileBackend(Protocol):
         interchangeable (bf16 rounding can still differ with batch composition)."""
         ...
 
-    def generate(self, chats: Sequence[ChatMessages], json_schema: dict[str, Any]) -> list[Generation]:
-        """One completion per chat, in order, each a valid prefix of `json_schema`."""
+    def generate(self, chats: Sequence[ChatMessages], json_schemas: Sequence[dict[str, Any]]) -> list[Generation]:
+        """One completion per chat, in order, each a valid prefix of the chat's own JSON schema."""
         ...
 
 
@@ -137,7 +137,7 @@ class TransformersBackend:
     def model_id(self) -> str:
         return self.config.model_id
 
-    def generate(self, chats: Sequence[ChatMessages], json_schema: dict[str, Any]) -> list[Generation]:
+    def generate(self, chats: Sequence[ChatMessages], json_schemas: Sequence[dict[str, Any]]) -> list[Generation]:
         prompts = [self.encode(chat) for chat in chats]
         if not prompts:
             return []
@@ -147,7 +147,9 @@ class TransformersBackend:
         size = self.config.batch_size
         for batch_number, start in enumerate(range(0, len(by_length), size)):
             indices = by_length[start : start + size]
-            batch = self._generate_batch([prompts[index] for index in indices], shared, json_schema, batch_number)
+            batch = self._generate_batch(
+                [prompts[index] for index in indices], shared, [json_schemas[index] for index in indices], batch_number
+            )
             generations.update(zip(indices, batch, strict=True))
         return [generations[index] for index in range(len(prompts))]
 
@@ -170,7 +172,7 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompts: list[list[int]], shared: SharedPrefix, json_schema: dict[str, Any], batch_number: int
+        self, prompts: list[list[int]], shared: SharedPrefix, json_schemas: list[dict[str, Any]], batch_number: int
     ) -> list[Generation]:
         """Rows are [padding][own tokens], after the shared prefix, whose keys and values serve every row;
         positions, taken from the attention mask, continue from the prefix across the padding."""
@@ -185,7 +187,7 @@ class TransformersBackend:
             input_ids.to(self.config.device),
             attention_mask.to(self.config.device),
             shared,
-            self.grammars.matchers(json_schema, len(prompts)),
+            self.grammars.matchers(json_schemas),
             self._decoding_settings(),
         )
         return [self._completion(row, len(prompt), cut) for row, prompt in zip(new_tokens, prompts, strict=True)]

@@ -16,11 +16,17 @@ moved). outlines (outlines-core, Rust) compiles the schema into one regular expr
 against the vocabulary: 6.5 s for the small catalog, 10 s and a 59k-character regex for the large
 one, ~1 ms per token through its Python `Guide`; the `outlines` package itself is not installed.
 xgrammar is the fastest at both ends and the only one that works with this stack as is.
+
+That comparison was made on the free-text profile schema. Profiles are now choices (every facet an
+enum of the user's own options: `profile_schema.choices_json_schema`), so each user has a grammar of
+their own, with no bounded strings: it compiles in ~6-11 ms on this machine (measured per user by
+`benchmarks/bench_profiles.py`), against ~4 s for the one free-text schema.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import xgrammar as xgr
@@ -30,19 +36,26 @@ JSON_SEPARATORS = (",", ":")
 """Compact JSON with no free whitespace: fewer tokens, and no way to pad a profile with blanks."""
 
 
+GRAMMAR_CACHE_BYTES = 256 * 2**20
+"""xgrammar keeps compiled grammars up to this size: every user has a grammar of their own (~6 ms to
+compile on this machine), so an unbounded cache would grow with the user count."""
+
+
 class JsonSchemaGrammars:
-    """Compiles JSON schemas against one tokenizer's vocabulary; xgrammar caches each compiled schema."""
+    """Compiles JSON schemas against one tokenizer's vocabulary; xgrammar caches compiled schemas."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_token_ids: list[int]) -> None:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
-        self._compiler = xgr.GrammarCompiler(info)
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_limit_bytes=GRAMMAR_CACHE_BYTES)
 
-    def matchers(self, schema: dict[str, Any], count: int) -> list[xgr.GrammarMatcher]:
-        """One fresh matcher per row: each tracks where its row is in the schema."""
-        compiled = self._compiler.compile_json_schema(
-            json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS
-        )
-        return [xgr.GrammarMatcher(compiled) for _ in range(count)]
+    def matchers(self, schemas: Sequence[dict[str, Any]]) -> list[xgr.GrammarMatcher]:
+        """One fresh matcher per row, for that row's schema: each tracks where its row is in it."""
+        return [
+            xgr.GrammarMatcher(
+                self._compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS)
+            )
+            for schema in schemas
+        ]
 
 
 def close_truncated_json(prefix: str) -> str:

@@ -1,38 +1,44 @@
-"""What the profile writer reads (a user's recent history, the catalog) and what it writes (a profile).
+"""What the profile writer reads (a user's recent history), what it may choose from (their options),
+and what it writes (a profile).
 
 DynLLM asks an LLM for several facets of a user -- the kind of customer, interests, favoured
-categories and brands, a one-sentence summary -- and embeds each facet separately. Every bound
-here is deliberate: constrained decoding only guarantees a valid *prefix* of the schema, so short
-strings and short lists are what make a complete JSON object fit in a small token budget, and
-categories/brands are enums of catalog values so a facet can always be joined back to the catalog.
+categories and brands, a one-sentence summary -- and embeds each facet separately. A 135M model
+asked to *write* those facets wrote prompt echoes and JSON debris (issue 18), so here it only
+*chooses*: every generated facet is an enum of the user's own options (their categories and
+brands, their titles and the catalog keywords those items use, their nearest crowd segments), and
+the summary is composed afterwards from the chosen facets and the user's attributes. Whatever the
+model picks is therefore a true statement about the user; a larger model picks better.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from grec_dagster.data.schema import CATEGORY_SEPARATOR
 
-# Grammar compile time grows with every string bound (the 120-character summary is most of it).
-PHRASE_CHARS = 32
-SEGMENT_CHARS = 40
-SUMMARY_CHARS = 120
+INTEREST_CHARS = 96
+"""Longer than any MovieLens title (81 characters); an option longer than this is not offered."""
+SEGMENT_CHARS = 96
+SUMMARY_CHARS = 240
 MAX_CATEGORIES = 3
 MAX_BRANDS = 3
 MAX_INTERESTS = 4
+SEGMENT_KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_KEYWORD_OPTIONS = 6
+"""Keyword options per user, beside their titles: more cost prompt tokens and rarely get picked."""
+MIN_THEME_ITEMS = 2
+"""A keyword is offered to a user when at least this many of their recent items (distinct titles) use
+it: a theme of theirs ("Star Trek", "trail shoe"). A word of one title alone ("Black" of "Men in
+Black") says less than the title, which is offered anyway."""
 DEFAULT_MAX_EVENTS = 10
-"""Recent events per prompt. Each costs ~30 prompt tokens, and computed prompt tokens outnumber
-generated ones ~4 to 1 at 10 events, so this is the main knob on CPU cost. Raise it on a GPU."""
-
-Phrase = Annotated[str, StringConstraints(min_length=1, max_length=PHRASE_CHARS)]
+"""Recent events per prompt. Each costs ~10 prompt tokens, and computed prompt tokens outnumber
+generated ones several to one, so this is the main knob on CPU cost. Raise it on a GPU."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class HistoryEvent:
     title: str
     category: str | None
     brand: str | None
+    item_id: str | None = None
+    """Lets the catalog add the item's description to what its keywords are found in."""
 
     @property
     def categories(self) -> list[str]:
@@ -55,108 +63,126 @@ class HistoryEvent:
 class UserHistory:
     user_id: str
     events: tuple[HistoryEvent, ...]
+    attributes: tuple[tuple[str, str], ...] = ()
+    """What the users table knows about the user (age, gender, ...), as text, in column order."""
+    total_events: int | None = None
+    """All the user's training events, of which `events` may hold only the most recent; None: `events`."""
+
+    @property
+    def activity(self) -> int:
+        return len(self.events) if self.total_events is None else self.total_events
 
     def most_recent(self, max_events: int) -> UserHistory:
         """The last `max_events` events, oldest first: prompts are short and recency matters most."""
         ordered = sorted(self.events, key=lambda event: event.ts)
-        return UserHistory(self.user_id, tuple(ordered[-max_events:]) if max_events > 0 else ())
-
-    def digest(self) -> str:
-        """sha256 of a canonical serialization of the events, sorted by time (then text): equal histories,
-        equal digests, across processes and machines (no Python `hash`, no dict order, no locale)."""
-        rows = [[event.ts.isoformat(), event.title, event.category, event.brand] for event in self.events]
-        rows.sort(key=lambda row: [field or "" for field in row])
-        canonical = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        recent = tuple(ordered[-max_events:]) if max_events > 0 else ()
+        return UserHistory(self.user_id, recent, self.attributes, self.activity)
 
 
 @dataclass(frozen=True)
-class Catalog:
-    """The closed vocabularies a profile may name; anything else is rejected."""
+class ProfileOptions:
+    """The values one user's generated facets may take, best first."""
 
-    categories: list[str]
-    brands: list[str]
+    categories: tuple[str, ...]
+    brands: tuple[str, ...]
+    keywords: tuple[str, ...]
+    """Catalog keywords at least `MIN_THEME_ITEMS` of the user's recent items use, most used first."""
+    titles: tuple[str, ...]
+    """The user's recent titles, most recent first."""
+    segments: tuple[str, ...]
+    """The user's nearest crowd segments, nearest first; never empty."""
+
+    @property
+    def segment_keys(self) -> dict[str, str]:
+        """Letter keys ("A", "B", ...) -> segments: the model writes the one-letter key of its choice,
+        not the ~15 tokens of a segment name, which the grammar would force one decode step at a time."""
+        return dict(zip(SEGMENT_KEYS, self.segments, strict=False))
+
+    @property
+    def interests(self) -> list[str]:
+        return list(dict.fromkeys((*self.keywords, *self.titles)))
+
+    def as_lists(self) -> dict[str, list[str]]:
+        return {"categories": [*self.categories], "brands": [*self.brands], "interests": self.interests}
 
 
 class UserProfile(BaseModel):
-    """The facets of one user. Field order is generation order: catalog facets first, free text last,
-    so a profile cut short by the token budget loses the end of its summary, not its categories."""
+    """The facets of one user. Field order is generation order; the summary is composed, not generated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     categories: list[str] = Field(max_length=MAX_CATEGORIES)
     brands: list[str] = Field(max_length=MAX_BRANDS)
-    interests: list[Phrase] = Field(max_length=MAX_INTERESTS)
     crowd_segment: str = Field(min_length=1, max_length=SEGMENT_CHARS)
+    interests: list[str] = Field(max_length=MAX_INTERESTS)
     summary: str = Field(min_length=1, max_length=SUMMARY_CHARS)
 
 
 LIST_LIMITS: dict[str, int] = {"categories": MAX_CATEGORIES, "brands": MAX_BRANDS, "interests": MAX_INTERESTS}
-TEXT_LIMITS: dict[str, int] = {"crowd_segment": SEGMENT_CHARS, "summary": SUMMARY_CHARS}
+CHOSEN_FIELDS = ("categories", "brands", "crowd_segment", "interests")
+"""The facets the model generates, in generation order: a completion cut short by the token budget
+loses the end of its interests, never its categories or segment."""
 
 
-def profile_json_schema(catalog: Catalog) -> dict[str, Any]:
-    """The JSON schema the decoder is constrained to, for this catalog.
+def choices_json_schema(options: ProfileOptions) -> dict[str, Any]:
+    """The JSON schema one user's completion is constrained to: every value one of their options.
 
-    Categories and brands become enums of catalog values (a catalog without brands admits only an
-    empty brand list); a profile must name at least one interest, and one category when the catalog
-    has any. Pydantic's titles are dropped: they cost grammar states and mean nothing to the model.
+    A list must name at least one value when the user has any option for it, and is empty when they
+    have none; the segment is the key of one of the user's nearest segments.
     """
-    properties = {name: _untitled(spec) for name, spec in UserProfile.model_json_schema()["properties"].items()}
-    properties["categories"] = _enum_list(catalog.categories, MAX_CATEGORIES, min_items=1)
-    properties["brands"] = _enum_list(catalog.brands, MAX_BRANDS, min_items=0)
-    properties["interests"]["minItems"] = 1
-    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
-
-
-def _enum_list(values: list[str], max_items: int, min_items: int) -> dict[str, Any]:
-    if not values:
-        return {"type": "array", "maxItems": 0}
-    return {"type": "array", "items": {"enum": sorted(set(values))}, "minItems": min_items, "maxItems": max_items}
-
-
-def _untitled(spec: dict[str, Any]) -> dict[str, Any]:
     return {
-        key: _untitled(value) if isinstance(value, dict) else value for key, value in spec.items() if key != "title"
+        "type": "object",
+        "properties": {
+            "categories": _enum_list(options.categories, MAX_CATEGORIES),
+            "brands": _enum_list(options.brands, MAX_BRANDS),
+            "crowd_segment": {"enum": list(options.segment_keys)},
+            "interests": _enum_list(options.interests, MAX_INTERESTS),
+        },
+        "required": list(CHOSEN_FIELDS),
+        "additionalProperties": False,
     }
 
 
-@dataclass(frozen=True)
-class CleanedProfile:
-    """A profile that passed catalog validation, and what had to be removed or filled to get there."""
+def _enum_list(values: Sequence[str], max_items: int) -> dict[str, Any]:
+    if not values:
+        return {"type": "array", "maxItems": 0}
+    return {"type": "array", "items": {"enum": [*values]}, "minItems": 1, "maxItems": max_items}
 
-    profile: UserProfile
+
+@dataclass(frozen=True)
+class CleanedChoices:
+    """A user's chosen facets that passed validation, and what had to be removed or filled to get there."""
+
+    values: dict[str, Any]
+    """`CHOSEN_FIELDS` -> chosen values, each one of the user's options (the segment by name)."""
     corrections: tuple[str, ...]
 
 
-def clean_profile(data: Mapping[str, Any], catalog: Catalog, fallback: UserProfile) -> CleanedProfile:
-    """Validate a decoded profile against the catalog, keeping what is valid and saying why the rest went.
+def clean_choices(data: Mapping[str, Any], options: ProfileOptions) -> CleanedChoices:
+    """Keep the chosen values that are the user's options, saying why the rest went.
 
-    Values outside the catalog, duplicates, blanks, non-text and surplus items are dropped; text is
-    reduced to printable characters, single spaces and its length bound. A facet that is missing or
-    ends up empty (brands may be empty; categories may be when the catalog has none) is taken from
-    `fallback`, a profile derived from the history, so the result always validates.
+    Values outside the options, duplicates, non-text and surplus items are dropped. A facet that is
+    missing, or ends up empty while the user has options for it, takes the user's first options
+    instead: their most frequent categories and brands, their keywords and most recent titles,
+    their nearest segment.
     """
-    corrections = [f"{key}: unknown field, dropped" for key in data if key not in UserProfile.model_fields]
-    vocabularies = {"categories": set(catalog.categories), "brands": set(catalog.brands), "interests": None}
-    may_be_empty = {"categories": not catalog.categories, "brands": True, "interests": False}
+    corrections = [f"{key}: unknown field, dropped" for key in data if key not in CHOSEN_FIELDS]
+    allowed = options.as_lists()
     values: dict[str, Any] = {}
     for name, limit in LIST_LIMITS.items():
-        kept = _clean_list(name, data.get(name), vocabularies[name], limit, corrections)
-        if name not in data or (not kept and not may_be_empty[name]):
+        kept = _clean_list(name, data.get(name), allowed[name], limit, corrections)
+        if name not in data or (not kept and allowed[name]):
             corrections.append(f"{name}: missing, taken from the history")
-            kept = list(getattr(fallback, name))
+            kept = allowed[name][:limit]
         values[name] = kept
-    for name, limit in TEXT_LIMITS.items():
-        text = _clean_text(name, data.get(name), limit, corrections)
-        if not text:
-            corrections.append(f"{name}: missing, taken from the history")
-            text = getattr(fallback, name)
-        values[name] = text
-    return CleanedProfile(UserProfile(**values), tuple(corrections))
+    key = data.get("crowd_segment")
+    if key not in options.segment_keys:
+        corrections.append(f"crowd_segment: {key!r} is not one of the user's segment keys, nearest taken")
+    values["crowd_segment"] = options.segment_keys.get(key, options.segments[0])
+    return CleanedChoices(values, tuple(corrections))
 
 
-def _clean_list(name: str, raw: Any, vocabulary: set[str] | None, limit: int, corrections: list[str]) -> list[str]:
+def _clean_list(name: str, raw: Any, allowed: list[str], limit: int, corrections: list[str]) -> list[str]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -164,31 +190,18 @@ def _clean_list(name: str, raw: Any, vocabulary: set[str] | None, limit: int, co
         return []
     kept: list[str] = []
     for value in raw:
-        text = _clean_text(name, value, PHRASE_CHARS, corrections) if vocabulary is None else value
-        if not isinstance(text, str) or not text:
-            corrections.append(f"{name}: blank or non-text value {value!r}, dropped")
-        elif vocabulary is not None and text not in vocabulary:
-            corrections.append(f"{name}: {text!r} is not in the catalog, dropped")
-        elif text in kept:
-            corrections.append(f"{name}: duplicate {text!r}, dropped")
+        if not isinstance(value, str) or value not in allowed:
+            corrections.append(f"{name}: {value!r} is not one of the user's options, dropped")
+        elif value in kept:
+            corrections.append(f"{name}: duplicate {value!r}, dropped")
         elif len(kept) == limit:
-            corrections.append(f"{name}: more than {limit} values, {text!r} dropped")
+            corrections.append(f"{name}: more than {limit} values, {value!r} dropped")
         else:
-            kept.append(text)
+            kept.append(value)
     return kept
 
 
-def _clean_text(name: str, raw: Any, limit: int, corrections: list[str]) -> str:
-    """Printable characters, single spaces, at most `limit` characters; "" if no letter or digit is left."""
-    if not isinstance(raw, str):
-        return ""
+def clean_text(raw: str, limit: int) -> str:
+    """Printable characters, single spaces, at most `limit` characters: catalog text may hold anything."""
     printable = "".join(char for char in raw if char.isspace() or unicodedata.category(char)[0] != "C")
-    if printable != raw:
-        corrections.append(f"{name}: control characters removed")
-    text = " ".join(printable.split())
-    if not any(char.isalnum() for char in text):
-        return ""
-    if len(text) > limit:
-        corrections.append(f"{name}: longer than {limit} characters, cut")
-        text = text[:limit].rstrip()
-    return text
+    return " ".join(printable.split())[:limit].rstrip()
