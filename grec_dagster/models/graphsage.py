@@ -54,7 +54,8 @@ class GraphSAGE(nn.Module):
         self.register_buffer("has_id", train_graph.degree(nodes) > 0, persistent=False)
         self.user_projection = nn.Linear(user_features.shape[1], params.dim)
         self.item_projection = nn.Linear(item_features.shape[1], params.dim)
-        self.id_embedding = nn.Embedding(self.n_users + self.n_items, params.dim)
+        # Sparse: a step's gradient, and `LazyAdamW`'s update, cover only the batch's sampled nodes.
+        self.id_embedding = nn.Embedding(self.n_users + self.n_items, params.dim, sparse=True)
         nn.init.normal_(self.id_embedding.weight, std=0.1)
         self.convs = nn.ModuleList(SAGEConv(params.dim, params.dim) for _ in params.fanouts)
 

@@ -7,7 +7,8 @@ gaps from seconds to decades each land on some frequency:
     phi(dt) = cos(dt * w + b)
 
 Node input: projected features, a learnable id embedding (zero-initialised, so a node never
-trained on is described by its features alone) and, with memory on, the node's memory:
+trained on is described by its features alone; sparse, so a step's gradient and update cover only
+the nodes its batch reaches, whatever the node count) and, with memory on, the node's memory:
 
     h^0_v = P_side x_v + e_v + s_v
 
@@ -61,7 +62,10 @@ class TemporalParams(BaseModel):
     dim: int = Field(default=64, description="Node embedding, attention and memory size.")
     time_dim: int = Field(default=16, description="Size of the time encoding.")
     heads: int = Field(default=2, description="Attention heads (must divide dim).")
-    neighbors: int = Field(default=20, description="Most recent neighbors attended to per node and layer.")
+    neighbors: int = Field(
+        default=10,
+        description="Most recent neighbors attended to per node and layer (TGN's budget; the attention's cost is linear in it).",
+    )
     layers: int = Field(default=1, description="Attention layers (hops).")
     memory: bool = Field(default=True, description="Keep a TGN-style GRU memory per node (best on MovieLens-100K).")
     node_embeddings: bool = Field(default=True, description="Learn an id embedding per node next to its features.")
@@ -201,7 +205,7 @@ class TemporalGraphAttention(nn.Module):
         self.register_buffer("item_features", item_features.float(), persistent=False)
         self.project = nn.ModuleList([nn.Linear(user_features.shape[1], dim), nn.Linear(item_features.shape[1], dim)])
         self.ids = (
-            nn.ModuleList([nn.Embedding(len(user_features), dim), nn.Embedding(len(item_features), dim)])
+            nn.ModuleList([nn.Embedding(len(side), dim, sparse=True) for side in (user_features, item_features)])
             if params.node_embeddings
             else None
         )

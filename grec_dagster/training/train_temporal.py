@@ -1,7 +1,7 @@
 """The temporal graph attention model through the shared loop, and its test readouts.
 
 Batches are the training events in time order, cut where the time changes, each event with
-one sampled negative item (BPR); every epoch replays the stream from an empty memory, as TGN
+one sampled negative item (BPR, drawn batch by batch from the seeded generator); every epoch replays the stream from an empty memory, as TGN
 does. Validation embeds every user and item at the validation cut from the training events
 and ranks all items through the shared evaluator; the final embeddings are taken at the test
 cut from train + valid events, so `evaluate` scores them like any other model's.
@@ -47,10 +47,10 @@ class TemporalObjective:
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, ...]]:
         events = self.history
-        negatives = self.sampler.negatives(events.users, generator)
         self.model.reset_memory()
         for start, end in chronological_batches(events.ts, self.batch_size):
-            yield tuple(x[start:end] for x in (events.users, events.items, events.ts, negatives))
+            users = events.users[start:end]
+            yield users, events.items[start:end], events.ts[start:end], self.sampler.negatives(users, generator)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         users, items = model.embeddings_at(self.history, self.valid_time, self.batch_size)

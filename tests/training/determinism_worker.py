@@ -26,24 +26,30 @@ from grec_dagster.graph.features import item_features, user_features
 from grec_dagster.graph.interactions import TEST, VALID, InteractionGraph, build_graph
 from grec_dagster.graph.splits import split_labels
 from grec_dagster.graph.temporal import TemporalGraph, build_temporal_graph
-from grec_dagster.layout import GRAPHSAGE, LIGHTGCN, TEMPORAL, TEMPORAL_PROFILES, TEXT_TOWER
+from grec_dagster.layout import EASE, GRAPHSAGE, LIGHTGCN, SASREC, TEMPORAL, TEMPORAL_PROFILES, TEXT_TOWER
+from grec_dagster.models.ease import EASEParams
 from grec_dagster.models.graphsage import GraphSAGEParams
 from grec_dagster.models.lightgcn import LightGCNParams
 from grec_dagster.models.profile_fusion import ProfileFacets
+from grec_dagster.models.sasrec import SASRecParams
 from grec_dagster.models.temporal import TemporalParams
 from grec_dagster.models.text_tower import TextTowerParams
 from grec_dagster.models.towers import tower_inputs
 from grec_dagster.storage import tensor_fingerprint
 from grec_dagster.training.embeddings import TrainedEmbeddings, save_embeddings
 from grec_dagster.training.loop import TrainingContext, TrainParams, TrainResult
+from grec_dagster.training.train_ease import train_ease
 from grec_dagster.training.train_fusion import FusionParams, fusion_scores, train_fusion
 from grec_dagster.training.train_graphsage import train_graphsage
 from grec_dagster.training.train_lightgcn import train_lightgcn
+from grec_dagster.training.train_sasrec import train_sasrec
 from grec_dagster.training.train_temporal import train_temporal
 from grec_dagster.training.train_text_tower import train_text_tower
 
 FUSION = "fusion"
-MODELS = (LIGHTGCN, GRAPHSAGE, TEMPORAL, TEMPORAL_PROFILES, TEXT_TOWER, FUSION)
+MODELS = (LIGHTGCN, GRAPHSAGE, TEMPORAL, TEMPORAL_PROFILES, EASE, SASREC, TEXT_TOWER, FUSION)
+CLOSED_FORM = (EASE,)
+"""Solved, not trained: no epochs to resume from."""
 TRAIN = TrainParams(epochs=8, lr=5e-3, batch_size=256, patience=8)
 """Eight epochs, no early stop: long enough to kill a run in the middle, a few seconds a model."""
 
@@ -74,6 +80,8 @@ def embedding_trainers(shop: Shop) -> dict[str, Callable[[TrainingContext], Trai
         GRAPHSAGE: lambda run: train_graphsage(graph, shop.user_x, shop.item_x, GraphSAGEParams(dim=16), TRAIN, run),
         TEMPORAL: lambda run: train_temporal(graph, shop.temporal, temporal, TRAIN, run),
         TEMPORAL_PROFILES: lambda run: train_temporal(graph, shop.temporal, temporal, TRAIN, run, shop.profiles),
+        EASE: lambda run: train_ease(graph, EASEParams(), run),
+        SASREC: lambda run: train_sasrec(graph, SASRecParams(dim=16, blocks=1, max_len=20), TRAIN, run),
         TEXT_TOWER: lambda run: train_text_tower(
             graph, shop.item_text, None, TextTowerParams(dim=16, hidden=32), TRAIN, run
         ),

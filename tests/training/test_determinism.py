@@ -25,7 +25,7 @@ import yaml
 
 from grec_dagster.storage import load_tensors
 
-from .determinism_worker import MODELS
+from .determinism_worker import CLOSED_FORM, MODELS, TRAIN
 
 WORKER = Path(__file__).with_name("determinism_worker.py")
 KILL_AT_EPOCH = 3
@@ -70,10 +70,11 @@ def test_two_processes_give_the_same_checkpoint_history_and_metrics(two_processe
     assert first[model]["tensors"] == second[model]["tensors"]
     assert first[model]["history"] == second[model]["history"]
     assert first[model]["test"] == second[model]["test"]
-    assert len(first[model]["history"]) == 8  # the config ran to its end (no early stop hid a difference)
+    if model not in CLOSED_FORM:  # the config ran to its end: no early stop hid a difference
+        assert len(first[model]["history"]) == TRAIN.epochs
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", [model for model in MODELS if model not in CLOSED_FORM])
 def test_killed_run_resumes_to_the_uninterrupted_result(two_processes, model: str, tmp_path: Path) -> None:
     uninterrupted = two_processes[0][model]
     command = worker(tmp_path / "out", "--models", model, "--checkpoint-root", str(tmp_path / "state"))
