@@ -1,4 +1,5 @@
-"""One training loop for every model: accelerate, early stopping, resumable checkpoints.
+"""One training loop for every model: accelerate, early stopping with a grokking watch,
+resumable checkpoints.
 
 The same code runs on a CPU, on one GPU, or as several DDP processes (`torchrun`, or
 `accelerate launch` on GPUs). Every process draws the same seeded batches and trains on its
@@ -11,6 +12,9 @@ every step.
 After each epoch the full training state (model, optimizer, RNG, counters, history) is
 written atomically to `last.safetensors`; a killed run restarted with the same config resumes
 there and ends where an uninterrupted run would (a run that had already stopped stays stopped).
+Early stopping ends a run after `patience` evaluations without a better `selection_metric`,
+unless the grokking watch (`watch.py`) sees the one state in which grokking can still come and
+keeps it training for a bounded budget; the best state by validation is what the run returns.
 Progress bars show only on the main process, on a terminal, outside CI.
 """
 
@@ -34,6 +38,8 @@ from tqdm.auto import tqdm
 from grec_dagster.storage import load_tensors, save_tensors
 from grec_dagster.training.checkpoints import flatten_optimizer, unflatten_optimizer
 from grec_dagster.training.determinism import deterministic_kernels
+from grec_dagster.training.optimizers import build_optimizer
+from grec_dagster.training.watch import WatchState, watch_allows, watch_summary
 
 
 class TrainParams(BaseModel):
@@ -44,6 +50,13 @@ class TrainParams(BaseModel):
     patience: int = Field(default=30, ge=1, description="Evaluations without improvement before stopping.")
     eval_every: int = Field(default=1, description="Epochs between validations.")
     seed: int = Field(default=0, description="Seed of initialization and batch order.")
+    watch_epochs: int = Field(
+        default=10,
+        ge=0,
+        description="Grokking watch: epochs a run may train past early stopping while its loss is flat and "
+        "validation stalls (see training/watch.py); 0 turns it off. Raise it for nightly retrains.",
+    )
+    watch_weight_decay: float = Field(default=0.1, ge=0, description="Weight decay while the watch runs.")
 
 
 class Objective(Protocol):
@@ -66,6 +79,8 @@ class TrainResult:
     best_metric: float
     best_state: dict[str, torch.Tensor]
     resumed_from_epoch: int | None = None
+    watch: dict[str, Any] = field(default_factory=dict)
+    """What the grokking watch used and saw (`watch.watch_summary`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -111,7 +126,7 @@ def _fit(
 ) -> TrainResult:
     accelerator = context.accelerator or Accelerator(cpu=not torch.cuda.is_available())
     checkpoint_dir, on_epoch = context.checkpoint_dir, context.on_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    optimizer = build_optimizer(model, params.lr, params.weight_decay)
     generator = torch.Generator().manual_seed(params.seed)
     state = _LoopState()
     last_path = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir else None
@@ -123,7 +138,16 @@ def _fit(
     quiet = True if _in_ci() or not accelerator.is_main_process else None  # None: quiet unless a terminal
     epochs = tqdm(range(state.next_epoch, params.epochs), desc=description, disable=quiet, leave=False)
     for epoch in epochs:
-        if state.bad_evals >= params.patience:
+        if state.bad_evals >= params.patience and not watch_allows(
+            state.watch,
+            epoch,
+            state.history,
+            selection_metric,
+            params.watch_epochs,
+            params.watch_weight_decay,
+            params.patience,
+            optimizer,
+        ):
             break
         started = time.perf_counter()
         wrapped.train()
@@ -160,6 +184,7 @@ def _fit(
         best_metric=state.best_metric,
         best_state=state.best_state or {k: v.detach().cpu() for k, v in inner.state_dict().items()},
         resumed_from_epoch=state.resumed_from,
+        watch=watch_summary(state.watch, params.watch_epochs, state.best_epoch, state.next_epoch),
     )
 
 
@@ -195,6 +220,7 @@ class _LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
     resumed_from: int | None = None
+    watch: WatchState = field(default_factory=WatchState)
 
 
 def _save(
@@ -212,6 +238,7 @@ def _save(
         "best_epoch": state.best_epoch,
         "bad_evals": state.bad_evals,
         "history": state.history,
+        "watch": state.watch.to_dict(),
         "optimizer": optimizer_meta,
     }
     save_tensors(path, tensors, meta)
@@ -232,4 +259,5 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gen
         history=meta["history"],
         best_state=best or None,
         resumed_from=meta["next_epoch"],
+        watch=WatchState(**meta["watch"]),
     )

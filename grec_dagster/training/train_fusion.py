@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -84,10 +84,23 @@ class TrainedFusion:
     gated: GatedFusion
     result: TrainResult
     shifts: list[GateShift]
+    """The grokking shifts proposed; applied to `gated` only when `shift_accepted`."""
     stop_ndcg_before_shift: float
     stop_ndcg_after_shift: float
+    """Held-out validation NDCG@20 of the gates with the proposed shifts (equal to before when none)."""
     stop_users: Tensor
     """The validation users held out of the gates' training: early stopping and the shift are judged on them."""
+    shift_accepted: bool = False
+
+    def shift_decision(self) -> str:
+        """What became of the grokking shifts, with both held-out numbers."""
+        if not self.shifts:
+            return "none proposed (no fused tower grokked)"
+        verdict = "applied" if self.shift_accepted else "rejected"
+        return (
+            f"{verdict}: held-out validation NDCG@20 {self.stop_ndcg_before_shift:.4f} without the shift, "
+            f"{self.stop_ndcg_after_shift:.4f} with it"
+        )
 
 
 def fusion_scores(fusion: Fusion, inputs: TowerInputs) -> ScoreFn:
@@ -175,7 +188,9 @@ def train_fusion(
     events: list[GrokkingEvent],
     context: TrainingContext = DEFAULT_CONTEXT,
 ) -> TrainedFusion:
-    """Tune the static weights, fit the gates from them, then apply the grokking shifts.
+    """Tune the static weights, fit the gates from them, then propose the grokking shifts and keep
+    them only if they raise held-out validation NDCG@20 (the stop users'); a rejected shift is
+    undone, and `TrainedFusion.shift_decision` says which with both numbers.
 
     `inputs` are the towers at the validation cut. Fusion is small: it trains on the CPU, whatever
     `context.accelerator` says.
@@ -202,8 +217,20 @@ def train_fusion(
     shifts = grokking_shifts(events, inputs.names, params.max_shift)
     model.shift(shifts, inputs.names)
     after_shift = validation_ndcg(fusion_scores(model, inputs), objective.stop_task)["ndcg@20"]
+    accepted = bool(shifts) and after_shift > before_shift  # a shift must earn its place on held-out users
+    if not accepted:
+        model.shift([replace(shift, delta=-shift.delta) for shift in shifts], inputs.names)
     return TrainedFusion(
-        inputs.names, StaticFusion(weights), static_ndcg, model, result, shifts, before_shift, after_shift, stop_users
+        inputs.names,
+        StaticFusion(weights),
+        static_ndcg,
+        model,
+        result,
+        shifts,
+        before_shift,
+        after_shift,
+        stop_users,
+        accepted,
     )
 
 

@@ -449,7 +449,7 @@ class Experts:
 @pytest.fixture(scope="module")
 def experts(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Experts:
     """Tower `cold_expert` knows the cold items' clusters and points each warm item to the next cluster;
-    `warm_expert` the other way round. A grokking event of cold_expert on cold items is applied."""
+    `warm_expert` the other way round. A grokking event of cold_expert on cold items is proposed."""
     folder = tmp_path_factory.mktemp("experts")
     shifted = (shop.item_cluster + 1) % N_CLUSTERS
     paths = {}
@@ -495,19 +495,47 @@ def test_gated_fusion_beats_static_when_each_tower_is_right_in_its_own_context(s
     assert float(gates[~cold_pairs][:, 1].mean()) > 0.7
 
 
-def test_grokking_shift_is_applied_after_early_stopping(shop: Shop, experts: Experts) -> None:
+def shifted_gates(trained: TrainedFusion) -> GatedFusion:
+    """A copy of the trained gates with every proposed shift applied."""
+    copy = GatedFusion(len(trained.gated.item_bias), trained.static.weights, hidden=len(trained.gated.mlp[0].weight))
+    copy.load_state_dict(trained.gated.state_dict())
+    copy.eval()
+    if not trained.shift_accepted:
+        copy.shift(trained.shifts, trained.towers)
+    return copy
+
+
+def test_grokking_shift_is_judged_on_held_out_users_and_kept_only_if_it_helps(shop: Shop, experts: Experts) -> None:
     trained = experts.trained
     (shift,) = trained.shifts  # the ghost tower is not fused
     assert (shift.tower, shift.segment, shift.delta) == ("cold_expert", "cold_items", MAX_SHIFT)
+    held_out = validation_task(shop.graph, trained.stop_users)
+    ndcg = validation_ndcg(fusion_scores(shifted_gates(trained), experts.inputs), held_out)["ndcg@20"]
+    assert trained.stop_ndcg_after_shift == ndcg  # the reported number is the shifted gates', on the stop users
+    assert trained.shift_accepted == (trained.stop_ndcg_after_shift > trained.stop_ndcg_before_shift)
     moved = trained.gated.context_bias.detach() - trained.result.best_state["context_bias"]
     expected = torch.zeros(len(CONTEXTS), 2)
-    for context in contexts_of("cold_items"):
-        expected[CONTEXTS.index(context), 0] = MAX_SHIFT
-    torch.testing.assert_close(moved, expected)
-    # the reported after-shift NDCG is the shifted model's, on the held-out stop users
-    held_out = validation_task(shop.graph, trained.stop_users)
-    after = validation_ndcg(fusion_scores(trained.gated, experts.inputs), held_out)["ndcg@20"]
-    assert trained.stop_ndcg_after_shift == after
+    if trained.shift_accepted:
+        for context in contexts_of("cold_items"):
+            expected[CONTEXTS.index(context), 0] = MAX_SHIFT
+    torch.testing.assert_close(moved, expected, rtol=0, atol=1e-6)  # one float add and its inverse
+    verdict = "applied" if trained.shift_accepted else "rejected"
+    assert trained.shift_decision().startswith(f"{verdict}: held-out validation NDCG@20 ")
+
+
+@pytest.mark.parametrize(("tower", "helps"), [("cold_expert", True), ("warm_expert", False)])
+def test_a_shift_toward_the_right_tower_is_applied_and_toward_the_wrong_one_rejected(
+    shop: Shop, experts: Experts, tower: str, helps: bool
+) -> None:
+    """Gates barely trained (one tiny step from the static blend) trust neither expert on cold items:
+    raising the cold expert there helps the held-out users; raising the warm expert hurts them."""
+    barely = TrainParams(epochs=1, lr=1e-6, batch_size=64, patience=1, seed=0)
+    trained = train_fusion(shop.graph, experts.inputs, FUSION, barely, [event(tower, "cold_items", None)])
+    assert trained.shift_accepted == helps, trained.shift_decision()
+    unshifted = train_fusion(shop.graph, experts.inputs, FUSION, barely, [])
+    gap = trained.gated.context_bias.detach() - unshifted.gated.context_bias.detach()
+    assert bool(gap.abs().max() > 0.5) == helps  # a rejected shift left the gates as training made them
+    assert trained.stop_ndcg_before_shift == unshifted.stop_ndcg_before_shift
 
 
 def test_save_and_load_fusion_round_trip(shop: Shop, experts: Experts, tmp_path: Path) -> None:
