@@ -9,14 +9,7 @@ from pydantic import Field
 
 from assets.features import interaction_graph
 from assets.fusion import fusion_checkpoint
-from assets.training import (
-    graphsage_checkpoint,
-    lightgcn_checkpoint,
-    popularity_baselines,
-    temporal_checkpoint,
-    temporal_profiles_checkpoint,
-    text_tower_checkpoint,
-)
+from assets.training import TOWER_ASSETS, popularity_baselines
 from grec_dagster.evaluation.evaluator import evaluate, ranking_task
 from grec_dagster.evaluation.plots import markdown_image, segment_bars
 from grec_dagster.evaluation.results import store_results
@@ -48,14 +41,7 @@ COLD_USERS = {
     GATED_FUSION: "the cold-user gates",
 }
 """How each model ranks a user with no event before the test cut."""
-TRAINED = [
-    lightgcn_checkpoint,
-    graphsage_checkpoint,
-    temporal_checkpoint,
-    temporal_profiles_checkpoint,
-    text_tower_checkpoint,
-    fusion_checkpoint,
-]
+TRAINED = [*TOWER_ASSETS, fusion_checkpoint]
 """Every training asset: the report scores them, the MLflow comparison reads their runs."""
 
 
@@ -132,6 +118,7 @@ def evaluation_report(
 class MlflowComparisonConfig(dg.Config):
     last: int = Field(default=20, ge=1, description="How many of the experiment's newest runs.")
     prefix: str = Field(default="test_", description="Only metrics starting with this ('' for all).")
+    over_seeds: bool = Field(default=False, description="One column per model and commit, mean ± std over seeds.")
 
 
 @dg.asset(
@@ -143,7 +130,7 @@ def mlflow_comparison(
     config: MlflowComparisonConfig, mlflow: MlflowResource, checkpoints: CheckpointStoreResource
 ) -> dg.MaterializeResult:
     """The metrics of the experiment's newest runs side by side (`grec runs compare`), as markdown and CSV."""
-    table = compare_runs(mlflow.tracking_uri, mlflow.experiment, config.last, config.prefix)
+    table = compare_runs(mlflow.tracking_uri, mlflow.experiment, config.last, config.prefix, config.over_seeds)
     path = atomic_write(
         checkpoints.layout.report(f"mlflow_comparison_{mlflow.experiment}.csv"),
         lambda partial: table.to_csv(partial, index_label="metric"),

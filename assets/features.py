@@ -9,7 +9,7 @@ from pydantic import Field
 
 from assets.ingestion import items, raw_interactions, users
 from grec_dagster.data.errors import DataSourceError
-from grec_dagster.data.warehouse import held_back_rows, trusted_interactions
+from grec_dagster.data.warehouse import held_back_rows, rows_below_positive_min, trusted_interactions
 from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.graph.features import item_features, user_features
 from grec_dagster.graph.interactions import SPLIT_NAMES, TEST, TRAIN, VALID, InteractionGraph, build_graph
@@ -54,6 +54,7 @@ def interaction_graph(
     with warehouse.connect() as con:
         log = trusted_interactions(con)
         held_back = held_back_rows(con)
+        below_threshold = rows_below_positive_min(con)
         if log.empty:
             raise DataSourceError(f"no interactions to build the graph from ({held_back} held back by failing checks)")
         labels = split_labels(log, config.protocol, config.seed)
@@ -61,7 +62,7 @@ def interaction_graph(
         con.register("event_split_rows", splits)
         con.execute("CREATE OR REPLACE TABLE event_splits AS SELECT * FROM event_split_rows")
         con.unregister("event_split_rows")
-    graph = build_graph(log, labels, config.protocol)
+    graph = build_graph(log, labels, config.protocol, config.seed)
     graph.save(checkpoints.layout.interaction_graph)
     return dg.MaterializeResult(
         metadata={
@@ -70,6 +71,7 @@ def interaction_graph(
             "items": graph.n_items,
             "events": len(graph.users),
             "held_back_rows": held_back,
+            "below_positive_min_rows": below_threshold,
             "fingerprint": graph.fingerprint(),
             "splits": dg.MetadataValue.md(markdown_preview(_split_summary(graph))),
             "seconds": round(time.perf_counter() - started, 3),

@@ -11,24 +11,18 @@ from pydantic import Field
 from assets.features import interaction_graph
 from assets.ingestion import items
 from assets.params import engine_params
-from assets.training import (
-    graphsage_checkpoint,
-    lightgcn_checkpoint,
-    temporal_checkpoint,
-    temporal_profiles_checkpoint,
-    text_tower_checkpoint,
-)
+from assets.training import TOWER_ASSETS
 from grec_dagster.evaluation.evaluator import evaluate, ranking_task
 from grec_dagster.evaluation.plots import markdown_image, segment_bars, training_curves
 from grec_dagster.evaluation.tables import headline_table, markdown_preview
 from grec_dagster.graph.interactions import TEST, TRAIN, VALID, InteractionGraph
 from grec_dagster.grokking import GrokkingEvent
-from grec_dagster.layout import FUSION, TOWERS, Scorer
+from grec_dagster.layout import FUSION, GATED_FUSION, STATIC_FUSION, TOWERS, Scorer
 from grec_dagster.models.fusion import GatedFusion, top_picks
 from grec_dagster.models.towers import CONTEXTS, towers_at, trained_towers
 from grec_dagster.resources import CheckpointStoreResource, MlflowResource, WarehouseResource
 from grec_dagster.storage import atomic_write, write_json
-from grec_dagster.training.grokking_wiring import check_grokking, record_grokking
+from grec_dagster.training.grokking_wiring import OnlineGrokking
 from grec_dagster.training.loop import TrainingContext, TrainParams
 from grec_dagster.training.runs import latest_history
 from grec_dagster.training.train_fusion import (
@@ -66,14 +60,7 @@ def _tower_curves(mlflow: MlflowResource, towers: list[str], events: dict[str, l
 
 @dg.asset(
     group_name=GROUP,
-    deps=[
-        interaction_graph,
-        lightgcn_checkpoint,
-        graphsage_checkpoint,
-        temporal_checkpoint,
-        temporal_profiles_checkpoint,
-        text_tower_checkpoint,
-    ],
+    deps=[interaction_graph, *TOWER_ASSETS],
     kinds={"pytorch", "mlflow"},
 )
 def fusion_checkpoint(
@@ -96,35 +83,43 @@ def fusion_checkpoint(
     trained_embeddings = [name for name in towers if TOWERS[name].scorer == Scorer.EMBEDDINGS]
     events = {name: read_grokking_events(layout.model(name).grokking) for name in trained_embeddings}
     valid = towers_at(graph, layout, towers, VALID)
-    params = config.model_dump() | {"protocol": graph.protocol, "fused": valid.names}
+    params = config.model_dump() | {"protocol": graph.protocol, "split_seed": graph.seed, "fused": valid.names}
     with mlflow.run(context, run_name=FUSION) as run:
         run.log_params(params)
+        gates_watch = OnlineGrokking(
+            FUSION, run, files.plot("training_curves")
+        )  # the gates' own training, like any run
         trained = train_fusion(
             graph,
             valid,
             fusion_params,
             train_params,
             [event for found in events.values() for event in found],
-            TrainingContext(on_epoch=run.log_epoch),
+            TrainingContext(on_epoch=gates_watch),
         )
         static_weights = dict(zip(trained.towers, trained.static.weights.tolist(), strict=True))
         shifts = [vars(shift) for shift in trained.shifts]
+        run.set_tags({"grokking_shift": trained.shift_decision()})
         save_fusion(files.checkpoint, trained, params)
-        write_json(files.config, params | {"static_weights": static_weights, "grokking_shifts": shifts})
+        write_json(
+            files.config,
+            params
+            | {"static_weights": static_weights, "grokking_shifts": shifts, "grokking_shift": trained.shift_decision()},
+        )
 
         test_inputs = towers_at(graph, layout, towers, TEST)
         task = ranking_task(graph, TEST)
         test = pd.concat(
             [
-                evaluate(fusion_scores(trained.static, test_inputs), graph, "static_fusion", TEST, task),
-                evaluate(fusion_scores(trained.gated, test_inputs), graph, "gated_fusion", TEST, task),
+                evaluate(fusion_scores(trained.static, test_inputs), graph, STATIC_FUSION, TEST, task),
+                evaluate(fusion_scores(trained.gated, test_inputs), graph, GATED_FUSION, TEST, task),
             ],
             ignore_index=True,
         )
         headline = headline_table(test).set_index("model")
         run.log_metrics(
-            {f"test_{k}": v for k, v in headline.loc["gated_fusion"].items()}
-            | {f"test_static_{k}": v for k, v in headline.loc["static_fusion"].items()}
+            {f"test_{k}": v for k, v in headline.loc[GATED_FUSION].items()}
+            | {f"test_static_{k}": v for k, v in headline.loc[STATIC_FUSION].items()}
             | {f"static_weight/{name}": weight for name, weight in static_weights.items()}
             | {
                 "best_valid_ndcg@20": trained.result.best_metric,
@@ -133,8 +128,8 @@ def fusion_checkpoint(
                 "stop_ndcg@20_after_shift": trained.stop_ndcg_after_shift,
             }
         )
-        grokking = check_grokking(FUSION, trained.result.history)  # the gates' own training, like any run
-        record_grokking(grokking, run, files.grokking)
+        grokking = gates_watch.finish(trained.result.history, files.grokking)
+        run.set_tags({"watch": trained.result.watch["watch"]})
         curves = _tower_curves(mlflow, trained_embeddings, events)
         bars = segment_bars(test)
         for name, png in (("tower_training_curves", curves), ("fusion_segments", bars)):
@@ -152,7 +147,9 @@ def fusion_checkpoint(
             "best_epoch": trained.result.best_epoch,
             "context_gates": dg.MetadataValue.md(markdown_preview(_gate_table(trained.gated, trained.towers), 10)),
             "grokking_shifts": dg.MetadataValue.json(shifts),
-            "grokking_shift_applied": bool(shifts),
+            "grokking_shift_applied": trained.shift_accepted,
+            "grokking_shift": trained.shift_decision(),
+            **trained.result.watch,
             **{f"grokking.{segment}": verdict for segment, verdict in grokking.verdicts.items()},
             "test": dg.MetadataValue.md(markdown_preview(headline_table(test))),
             "tower_training_curves": dg.MetadataValue.md(markdown_image(curves, "tower training curves")),

@@ -3,11 +3,12 @@ towers exist and where their checkpoints go is `grec_dagster.layout`'s registry.
 
 import shutil
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
 import torch
+from pydantic import BaseModel, Field
 
 from assets.features import interaction_graph, temporal_graph
 from assets.ingestion import items, users
@@ -19,19 +20,23 @@ from grec_dagster.graph.features import item_features, user_features
 from grec_dagster.graph.interactions import TEST, InteractionGraph, known_before
 from grec_dagster.graph.temporal import TemporalGraph
 from grec_dagster.layout import (
+    EASE,
     GRAPHSAGE,
     LIGHTGCN,
     MOST_POPULAR,
     MOST_POPULAR_RECENT,
+    SASREC,
     TEMPORAL,
     TEMPORAL_PROFILES,
     TEXT_TOWER,
 )
 from grec_dagster.llm.texts import item_texts
+from grec_dagster.models.ease import EASEParams
 from grec_dagster.models.graphsage import GraphSAGEParams
 from grec_dagster.models.lightgcn import LightGCNParams
 from grec_dagster.models.popularity import most_popular, most_popular_recent
 from grec_dagster.models.profile_fusion import ProfileFacets
+from grec_dagster.models.sasrec import SASRecParams
 from grec_dagster.models.temporal import TemporalParams
 from grec_dagster.models.text_tower import TextTowerParams
 from grec_dagster.models.towers import with_cold_start
@@ -39,16 +44,25 @@ from grec_dagster.resources import GPU_POOL, CheckpointStoreResource, GpuResourc
 from grec_dagster.storage import load_tensors, save_tensors, tensor_fingerprint, write_json
 from grec_dagster.training.devices import accelerator_for
 from grec_dagster.training.embeddings import TrainedEmbeddings, save_embeddings
-from grec_dagster.training.grokking_wiring import check_grokking, record_grokking
+from grec_dagster.training.grokking_wiring import OnlineGrokking
+from grec_dagster.training.launch import TrainFn, launch
 from grec_dagster.training.loop import TrainingContext, TrainParams
+from grec_dagster.training.train_ease import train_ease
 from grec_dagster.training.train_graphsage import GraphSAGETraining, train_graphsage
 from grec_dagster.training.train_lightgcn import LightGCNTraining, train_lightgcn
+from grec_dagster.training.train_sasrec import SASRecTraining, train_sasrec
 from grec_dagster.training.train_temporal import TemporalTraining, train_temporal
 from grec_dagster.training.train_text_tower import train_text_tower
 
 GROUP = "training"
-TRAINING = {"group_name": GROUP, "kinds": {"pytorch", "mlflow"}, "pool": GPU_POOL}
-"""What every tower's asset shares: its group, its kinds and the `gpu` pool."""
+TRAINING = {
+    "group_name": GROUP,
+    "kinds": {"pytorch", "mlflow"},
+    "pool": GPU_POOL,
+    "op_tags": {"dagster-celery/queue": GPU_POOL},
+}
+"""What every tower's asset shares: its group, its kinds, the `gpu` pool, and (under Celery) the
+workers of the `gpu` queue."""
 
 
 def _graph(checkpoints: CheckpointStoreResource) -> InteractionGraph:
@@ -72,8 +86,19 @@ def popularity_baselines(checkpoints: CheckpointStoreResource) -> dg.Materialize
     )
 
 
-TrainFn = Callable[[TrainingContext], TrainedEmbeddings]
-"""Trains one tower, given the run's plumbing (resumable state, epoch callback, device)."""
+class Processes(BaseModel):
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="Train in this many DDP processes (torchrun: gloo on the CPU, NCCL with one GPU each).",
+    )
+
+
+def _train(train: TrainFn, processes: int, device: str, context: TrainingContext) -> TrainedEmbeddings:
+    """`train` in this process on `device`, or in `processes` DDP processes (`training/launch.py`)."""
+    if processes == 1:
+        return train(TrainingContext(context.checkpoint_dir, context.on_epoch, accelerator_for(device)))
+    return launch(train, processes, context, "cpu" if device == "cpu" else "cuda")
 
 
 def _train_tower(
@@ -87,16 +112,26 @@ def _train_tower(
     mlflow: MlflowResource,
     gpu: GpuResource,
 ) -> dg.MaterializeResult:
-    """The body every tower's asset shares: train tracked in MLflow, save, test, check for grokking
-    (per validation segment), report."""
+    """The body every tower's asset shares: train tracked in MLflow with the grokking check running
+    along, save, test, report (the watch and the verdict per validation segment included).
+
+    `train` takes the run's plumbing (resumable state, epoch callback, device); it must pickle
+    (a `functools.partial` of a `train_*` function) so that `processes > 1` can launch it."""
     started = time.perf_counter()
     files = checkpoints.layout.model(name)
     state_dir = files.resume_state(data_fingerprint, config.model_dump_json())
-    params = config.model_dump() | {"protocol": graph.protocol, "n_users": graph.n_users, "n_items": graph.n_items}
-    accelerator = accelerator_for(gpu.device())
+    params = config.model_dump() | {
+        "protocol": graph.protocol,
+        "split_seed": graph.seed,
+        "n_users": graph.n_users,
+        "n_items": graph.n_items,
+    }
+    device = gpu.device()
     with mlflow.run(context, run_name=name) as run:
         run.log_params(params)
-        trained = train(TrainingContext(state_dir, run.log_epoch, accelerator))
+        grokking_watch = OnlineGrokking(name, run, files.plot("training_curves"))
+        processes = config.processes if isinstance(config, Processes) else 1  # a closed form has no DDP
+        trained = _train(train, processes, device, TrainingContext(state_dir, grokking_watch))
         save_embeddings(files.checkpoint, trained, params)
         write_json(files.config, params)
         test = evaluate(with_cold_start(trained.score, graph, TEST), graph, name, TEST)
@@ -107,8 +142,10 @@ def _train_tower(
         )
         run.log_artifact(files.checkpoint, "checkpoint")
         run.log_artifact(files.config, "checkpoint")
-        grokking = check_grokking(name, trained.result.history)
-        record_grokking(grokking, run, files.grokking)
+        grokking = grokking_watch.finish(trained.result.history, files.grokking)
+        watch = trained.result.watch
+        run.log_metrics({key: value for key, value in watch.items() if isinstance(value, int | float)})
+        run.set_tags({"watch": watch["watch"]})
         run_url = run.url
     shutil.rmtree(state_dir, ignore_errors=True)
     return dg.MaterializeResult(
@@ -119,6 +156,7 @@ def _train_tower(
             "best_valid_ndcg@20": trained.result.best_metric,
             "seconds_per_epoch": sum(r["seconds"] for r in trained.result.history) / len(trained.result.history),
             "test": dg.MetadataValue.md(markdown_preview(headline_table(test))),
+            **watch,
             **extra,
             **{f"grokking.{segment}": verdict for segment, verdict in grokking.verdicts.items()},
             "grokking": dg.MetadataValue.json(grokking.to_dict()),
@@ -127,7 +165,7 @@ def _train_tower(
     )
 
 
-class LightGCNConfig(dg.Config, LightGCNParams, LightGCNTraining):
+class LightGCNConfig(dg.Config, LightGCNParams, LightGCNTraining, Processes):
     pass
 
 
@@ -148,14 +186,14 @@ def lightgcn_checkpoint(
         config,
         graph,
         graph.fingerprint(),
-        lambda run: train_lightgcn(graph, model, train, run),
+        partial(train_lightgcn, graph, model, train),
         checkpoints,
         mlflow,
         gpu,
     )
 
 
-class GraphSAGEConfig(dg.Config, GraphSAGEParams, GraphSAGETraining):
+class GraphSAGEConfig(dg.Config, GraphSAGEParams, GraphSAGETraining, Processes):
     pass
 
 
@@ -180,14 +218,14 @@ def graphsage_checkpoint(
         config,
         graph,
         f"{graph.fingerprint()}-{tensor_fingerprint(user_x, item_x)}",
-        lambda run: train_graphsage(graph, user_x, item_x, model, train, run),
+        partial(train_graphsage, graph, user_x, item_x, model, train),
         checkpoints,
         mlflow,
         gpu,
     )
 
 
-class TemporalConfig(dg.Config, TemporalParams, TemporalTraining):
+class TemporalConfig(dg.Config, TemporalParams, TemporalTraining, Processes):
     pass
 
 
@@ -201,6 +239,10 @@ def _train_temporal(
     profiles: ProfileFacets | None = None,
 ) -> dg.MaterializeResult:
     """Both temporal assets' body; resumable state is keyed by the profiles too, so new ones train afresh."""
+    if config.processes > 1 and config.memory:
+        raise ValueError(
+            "the temporal model's memory follows one event stream: train it with processes: 1, or memory: false"
+        )
     graph = _graph(checkpoints)
     temporal = TemporalGraph.load(checkpoints.layout.temporal_graph)
     model, train = engine_params(config, TemporalParams, TrainParams)
@@ -211,7 +253,7 @@ def _train_temporal(
         config,
         graph,
         data,
-        lambda run: train_temporal(graph, temporal, model, train, run, profiles),
+        partial(train_temporal, graph, temporal, model, train, profiles=profiles),
         checkpoints,
         mlflow,
         gpu,
@@ -245,7 +287,7 @@ def temporal_profiles_checkpoint(
     return _train_temporal(context, TEMPORAL_PROFILES, config, checkpoints, mlflow, gpu, profiles)
 
 
-class TextTowerConfig(dg.Config, TextTowerParams, TrainParams):
+class TextTowerConfig(dg.Config, TextTowerParams, TrainParams, Processes):
     use_profiles: bool = True
     """Feed each user's mean profile-facet embedding to the user side, next to their history's texts."""
 
@@ -280,7 +322,7 @@ def text_tower_checkpoint(
         config,
         graph,
         f"{graph.fingerprint()}-{tensor_fingerprint(*inputs)}",
-        lambda run: train_text_tower(graph, item_text, profile_text, model, train, run, texts, profile_from),
+        partial(train_text_tower, graph, item_text, profile_text, model, train, texts=texts, profile_from=profile_from),
         checkpoints,
         mlflow,
         gpu,
@@ -291,3 +333,65 @@ def _mean_profile_facets(path: Path) -> tuple[torch.Tensor, int]:
     """Each user's mean facet embedding, zero for users without a profile, and the profile cut."""
     tensors, meta = load_tensors(path)
     return tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1), int(meta["as_of"])
+
+
+class EASEConfig(dg.Config, EASEParams):
+    pass
+
+
+@dg.asset(deps=[interaction_graph], **TRAINING)
+def ease_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: EASEConfig,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+) -> dg.MaterializeResult:
+    """EASE, the closed-form item-item collaborative filter: the regularization chosen on validation
+    NDCG@20, refit on train + valid pairs for the test cut."""
+    graph = _graph(checkpoints)
+    (params,) = engine_params(config, EASEParams)
+    return _train_tower(
+        context, EASE, config, graph, graph.fingerprint(), partial(train_ease, graph, params), checkpoints, mlflow, gpu
+    )
+
+
+class SASRecConfig(dg.Config, SASRecParams, SASRecTraining, Processes):
+    pass
+
+
+@dg.asset(deps=[interaction_graph], **TRAINING)
+def sasrec_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: SASRecConfig,
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+) -> dg.MaterializeResult:
+    """SASRec-style self-attention over each user's item sequence, trained on next-item prediction; at
+    the test cut each user is read from their train + valid sequence."""
+    graph = _graph(checkpoints)
+    model, train = engine_params(config, SASRecParams, TrainParams)
+    return _train_tower(
+        context,
+        SASREC,
+        config,
+        graph,
+        graph.fingerprint(),
+        partial(train_sasrec, graph, model, train),
+        checkpoints,
+        mlflow,
+        gpu,
+    )
+
+
+TOWER_ASSETS = [
+    lightgcn_checkpoint,
+    graphsage_checkpoint,
+    temporal_checkpoint,
+    temporal_profiles_checkpoint,
+    ease_checkpoint,
+    sasrec_checkpoint,
+    text_tower_checkpoint,
+]
+"""Every tower this module trains: what fusion waits for and the evaluation report scores."""

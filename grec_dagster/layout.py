@@ -182,8 +182,11 @@ GRAPHSAGE = "graphsage"
 TEMPORAL = "temporal"
 TEMPORAL_PROFILES = "temporal_profiles"
 TEXT_TOWER = "text_tower"
+EASE = "ease"
+SASREC = "sasrec"
 FUSION = "fusion"
 """The fusion's checkpoint folder and MLflow run name."""
+FUSION_ASSET = f"{FUSION}_checkpoint"
 STATIC_FUSION, GATED_FUSION = "static_fusion", "gated_fusion"
 """The fusion's two models in every report."""
 MOST_POPULAR, MOST_POPULAR_RECENT = "most_popular", "most_popular_recent"
@@ -223,6 +226,18 @@ TOWERS: dict[str, TowerSpec] = {
             "as temporal, plus LLM profiles written from train events before the profile cut",
         ),
         TowerSpec(
+            EASE,
+            f"{EASE}_checkpoint",
+            Scorer.EMBEDDINGS,
+            "lambda chosen on train -> valid; at test refit on train + valid pairs, users their train + valid rows",
+        ),
+        TowerSpec(
+            SASREC,
+            f"{SASREC}_checkpoint",
+            Scorer.EMBEDDINGS,
+            "trained on train sequences; at test each user is the last step over their train + valid sequence",
+        ),
+        TowerSpec(
             TEXT_TOWER,
             f"{TEXT_TOWER}_checkpoint",
             Scorer.EMBEDDINGS,
@@ -232,7 +247,7 @@ TOWERS: dict[str, TowerSpec] = {
 }
 """Every tower, in the order reports list them."""
 
-FUSED_BY_DEFAULT = (POPULARITY, LIGHTGCN, GRAPHSAGE, TEMPORAL, TEXT_TOWER)
+FUSED_BY_DEFAULT = (POPULARITY, LIGHTGCN, GRAPHSAGE, TEMPORAL, EASE, SASREC, TEXT_TOWER)
 """The towers `fusion_checkpoint` fuses unless configured otherwise."""
 
 MODEL_READS: dict[str, str] = {

@@ -45,6 +45,7 @@ QUICK_TRAINING = {
     "temporal_checkpoint": {"config": {"epochs": 1, "dim": 16, "neighbors": 5}},
     "temporal_profiles_checkpoint": {"config": {"epochs": 1, "dim": 16, "neighbors": 5}},
     "text_tower_checkpoint": {"config": {"epochs": 1, "batch_size": 1024}},
+    "sasrec_checkpoint": {"config": {"epochs": 1}},
     "fusion_checkpoint": {"config": {"epochs": 2}},
 }
 MULTIPROCESS = {

@@ -74,6 +74,7 @@ def environment(root: Path) -> dict[str, str]:
 def grec_ingest_in(root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str):
     """`grec ingest` run in this process (what the subprocess test runs, without a second interpreter)."""
     monkeypatch.chdir(root)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # as in the subprocess: grec's own GREC_HOME/dagster
     for name, value in environment(root).items():
         monkeypatch.setenv(name, value)
     code = main(["ingest", *args])

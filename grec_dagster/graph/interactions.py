@@ -42,6 +42,8 @@ class InteractionGraph:
     ts: torch.Tensor
     split: torch.Tensor
     protocol: str
+    seed: int = 0
+    """The split seed (the random protocol's; the temporal split has none to vary)."""
 
     @property
     def n_users(self) -> int:
@@ -88,7 +90,8 @@ class InteractionGraph:
         atomic_write(folder / EDGES, lambda p: save_file(tensors, p, metadata={"protocol": self.protocol}))
         atomic_write(folder / USER_IDS, lambda p: pd.DataFrame({"user_id": self.user_ids}).to_parquet(p))
         atomic_write(folder / ITEM_IDS, lambda p: pd.DataFrame({"item_id": self.item_ids}).to_parquet(p))
-        write_json(folder / META, {"protocol": self.protocol, "n_users": self.n_users, "n_items": self.n_items})
+        meta = {"protocol": self.protocol, "seed": self.seed, "n_users": self.n_users, "n_items": self.n_items}
+        write_json(folder / META, meta)
 
     @classmethod
     def load(cls, folder: Path) -> InteractionGraph:
@@ -103,6 +106,7 @@ class InteractionGraph:
             ts=tensors["ts"],
             split=tensors["split"],
             protocol=meta["protocol"],
+            seed=meta.get("seed", 0),  # graphs saved before the seed was recorded
         )
 
 
@@ -112,7 +116,7 @@ def encode_ids(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques, dtype=object)
 
 
-def build_graph(interactions: pd.DataFrame, split: np.ndarray, protocol: str) -> InteractionGraph:
+def build_graph(interactions: pd.DataFrame, split: np.ndarray, protocol: str, seed: int = 0) -> InteractionGraph:
     """Assemble the graph from a log sorted by time and its per-event split labels."""
     user_codes, user_ids = encode_ids(interactions["user_id"])
     item_codes, item_ids = encode_ids(interactions["item_id"])
@@ -125,4 +129,5 @@ def build_graph(interactions: pd.DataFrame, split: np.ndarray, protocol: str) ->
         ts=torch.from_numpy(seconds),
         split=torch.from_numpy(split.astype(np.uint8)),
         protocol=protocol,
+        seed=seed,
     )

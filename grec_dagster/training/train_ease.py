@@ -28,6 +28,7 @@ from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
 from grec_dagster.models.ease import EASEParams, binary_matrix, check_catalog, ease_weights, gram
 from grec_dagster.training.embeddings import TrainedEmbeddings
 from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainResult
+from grec_dagster.training.watch import CLOSED_FORM
 
 
 def train_ease(
@@ -53,7 +54,7 @@ def train_ease(
             best, best_metric, best_items = index, record["ndcg@20"], items
     users = binary_matrix(graph.pairs(TRAIN, VALID), graph.n_users, graph.n_items)
     items = ease_weights(gram(users), params.lambdas[best]).T.float().contiguous()
-    result = TrainResult(history, best, best_metric, best_state={})
+    result = TrainResult(history, best, best_metric, best_state={}, watch=CLOSED_FORM)
     return TrainedEmbeddings(users, items, result, valid_users, best_items)
 
 
