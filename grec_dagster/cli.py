@@ -10,12 +10,13 @@ NumPy once its index is built.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grec_dagster.layout import HomeLayout
+from grec_dagster.layout import GATED_FUSION, SERVABLE, HomeLayout
 from grec_dagster.settings import MLFLOW_EXPERIMENT, user_setting
 
 if TYPE_CHECKING:
@@ -147,18 +148,30 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     )
     try:
         index = load_index(inputs, home.serving_index)
-    except FileNotFoundError as error:
-        print(f"cannot recommend yet: {error}", file=sys.stderr)
+        answer = index.recommend(args.user, args.k, args.model)
+    except (FileNotFoundError, KeyError) as error:
+        print(f"cannot recommend yet: {error.args[0]}", file=sys.stderr)
         return 1
     for note in index.notes:
         print(f"note: {note}", file=sys.stderr)
-    picks = index.recommend(args.user, args.k)
-    known = "" if index.user(args.user) is not None else " (unknown user: items that need no history)"
-    print(f"top {len(picks)} for user {args.user}{known}\n")
-    print(f"{'rank':>4}  {'item':<12}  {'tower':<12}  {'score':>6}  title")
-    for rank, pick in enumerate(picks, 1):
-        item = str(index.item_ids[pick.item])
-        print(f"{rank:>4}  {item:<12}  {pick.tower:<12}  {pick.score:>6.2f}  {index.titles[pick.item]}")
+    rows = [
+        {
+            "rank": rank,
+            "item_id": str(index.item_ids[pick.item]),
+            "title": str(index.titles[pick.item]),
+            "score": round(pick.score, 6),
+            "tower": pick.tower,
+        }
+        for rank, pick in enumerate(answer.picks, 1)
+    ]
+    if args.json:
+        print(json.dumps({"user_id": args.user, "model": args.model, "rule": answer.rule, "picks": rows}))
+        return 0
+    rule = f" ({answer.rule})" if answer.rule else ""
+    print(f"top {len(rows)} for user {args.user} by {args.model}{rule}\n")
+    print(f"{'rank':>4}  {'item':<12}  {'tower':<28}  {'score':>8}  title")
+    for row in rows:
+        print(f"{row['rank']:>4}  {row['item_id']:<12}  {row['tower']:<28}  {row['score']:>8.3f}  {row['title']}")
     return 0
 
 
@@ -212,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="a user's top items, and which tower drove each")
     recommend.add_argument("user", help="the user's id in your data (e.g. 196 for MovieLens)")
     recommend.add_argument("-k", type=int, default=10, help="how many items")
+    recommend.add_argument(
+        "--model",
+        default=GATED_FUSION,
+        choices=SERVABLE,
+        help="what ranks: the gated fusion the pipeline learned (default) or one tower alone",
+    )
+    recommend.add_argument("--json", action="store_true", help="one JSON object, for programs")
     recommend.set_defaults(run=_cmd_recommend)
     runs = commands.add_parser("runs", help="MLflow runs").add_subparsers(dest="runs_command", required=True)
     compare = runs.add_parser("compare", help="the metrics of an experiment's runs side by side")

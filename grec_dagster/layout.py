@@ -247,6 +247,9 @@ TOWERS: dict[str, TowerSpec] = {
 }
 """Every tower, in the order reports list them."""
 
+SERVABLE = (GATED_FUSION, *TOWERS)
+"""What `grec recommend --model` serves: the gated fusion the pipeline learned (the default), or one tower."""
+
 FUSED_BY_DEFAULT = (POPULARITY, LIGHTGCN, GRAPHSAGE, TEMPORAL, EASE, SASREC, TEXT_TOWER)
 """The towers `fusion_checkpoint` fuses unless configured otherwise."""
 
