@@ -24,22 +24,27 @@ from grec_dagster.data.files import (
     read_text_table,
     resolve_files,
 )
+from grec_dagster.data.grokking_shop import SOURCE as SHOP_SOURCE
+from grec_dagster.data.grokking_shop import GrokkingShopConfig, generate_grokking_shop
 from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k
 from grec_dagster.data.schema import ITEM_COLUMNS, USER_KEY, SourceFrames, conform, conform_users
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
 from grec_dagster.data.validation import IngestedBatch, validate_catalog, validate_interactions
 
-SOURCE_KINDS = ("movielens-100k", "synthetic", "files")
+SOURCE_KINDS = ("movielens-100k", "synthetic", "grokking-shop", "files")
 
 
 class SourceParams(BaseModel):
     """Which data to ingest. Flat on purpose: it doubles as the Dagster resource's config."""
 
-    kind: str = Field(default="movielens-100k", description="movielens-100k | synthetic | files")
+    kind: str = Field(
+        default="movielens-100k",
+        description="movielens-100k | synthetic | grokking-shop (a planted (a + b) mod p taste, data/grokking_shop.py) | files",
+    )
     cache_dir: str = Field(default=".grec/data", description="Where downloaded datasets are cached.")
     synthetic_interactions: int = Field(default=100_000, description="Size of the synthetic log.")
     synthetic_days: int = Field(default=90, description="Days the synthetic log spans.")
-    seed: int = Field(default=0, description="Seed of the synthetic generator.")
+    seed: int = Field(default=0, description="Seed of the synthetic generator (and of the grokking shop).")
     interactions_path: str | None = Field(default=None, description="files: path or glob of CSV/Parquet logs.")
     items_path: str | None = Field(default=None, description="files: optional item table.")
     users_path: str | None = Field(default=None, description="files: optional user table.")
@@ -113,6 +118,16 @@ class SyntheticSource(_SingleBatchSource):
 
     def _load(self) -> SourceFrames:
         return generate_synthetic(self.config).conformed()
+
+
+class GrokkingShopSource(_SingleBatchSource):
+    name = SHOP_SOURCE
+
+    def __init__(self, config: GrokkingShopConfig):
+        self.config = config
+
+    def _load(self) -> SourceFrames:
+        return generate_grokking_shop(self.config).conformed()
 
 
 class FilesSource:
@@ -209,6 +224,8 @@ def make_source(params: SourceParams) -> DataSource:
                 n_interactions=params.synthetic_interactions, n_days=params.synthetic_days, seed=params.seed
             )
         )
+    if params.kind == SHOP_SOURCE:
+        return GrokkingShopSource(GrokkingShopConfig(seed=params.seed))
     if params.kind == "files":
         return FilesSource(params)
     raise DataSourceError(f"unknown data source {params.kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
