@@ -38,17 +38,24 @@ USERS_PER_CHUNK = 128
 def user_profiles(
     context: dg.AssetExecutionContext, llm: LlmResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """A JSON profile per user (crowd segment, interests, categories, brands, summary), written by a
-    causal LM under a JSON-schema grammar from the user's recent training events. Cached by (user,
-    history digest, model, prompt version): only users whose recent history changed are regenerated."""
+    """A JSON profile per user (crowd segment, interests, categories, brands, summary): a causal LM
+    chooses each facet among the user's own options under a JSON-schema grammar, from their recent
+    training events. Cached by (user, request digest, model, prompt version): only users whose request
+    changed are profiled, at most `llm.max_profiles` of them per run (most active first)."""
     started = time.perf_counter()
     settings = llm.backend_config()
     prompt = load_prompt(llm.prompt)
     with warehouse.connect() as con:
         histories = read_histories(con)
         catalog = read_catalog(con)
-        plan = plan_refresh(con, histories, settings.model_id, prompt.version, llm.max_events)
-    context.log.info(f"{plan.summary.regenerated} profiles to write, {plan.summary.reused} reused from the cache")
+        plan = plan_refresh(
+            con, histories, settings.model_id, prompt.version, llm.max_events, catalog=catalog, max_profiles=llm.max_profiles
+        )
+    summary = plan.summary
+    context.log.info(
+        f"{summary.regenerated} profiles to write, {summary.reused} reused from the cache, over the budget "
+        f"{summary.kept} keep their latest profile and {summary.fallback} get the one their options give"
+    )
     results: list[ProfileResult] = []
     generating = time.perf_counter()
     if plan.stale:
@@ -65,12 +72,12 @@ def user_profiles(
             rate = len(results) / (time.perf_counter() - generating)
             context.log.info(f"profiles {len(results)}/{len(plan.stale)} ({rate:.2f} users/s)")
     seconds = time.perf_counter() - generating
-    current = plan.reused | {result.user_id: result.profile for result in results}
+    current = plan.standing | {result.user_id: result.profile for result in results}
     table = pd.DataFrame(
         {
             "user_id": list(current),
             "profile_json": [profile.model_dump_json() for profile in current.values()],
-            "regenerated": [user_id not in plan.reused for user_id in current],
+            "regenerated": [user_id not in plan.standing for user_id in current],
         }
     )
     with warehouse.connect() as con:
@@ -86,8 +93,10 @@ def user_profiles(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(table),
-            "regenerated": plan.summary.regenerated,
-            "reused": plan.summary.reused,
+            "regenerated": summary.regenerated,
+            "reused": summary.reused,
+            "over_budget_kept": summary.kept,
+            "over_budget_fallback": summary.fallback,
             "statuses": {status: int(count) for status, count in statuses.items()},
             "model": settings.model_id,
             "prompt_version": prompt.version,

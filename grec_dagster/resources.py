@@ -189,6 +189,12 @@ class LlmResource(dg.ConfigurableResource):
     )
     max_new_tokens: int = Field(default=112, ge=16, description="Token budget per profile; cut-short ones are closed.")
     max_events: int = Field(default=DEFAULT_MAX_EVENTS, ge=1, description="Most recent events shown per user.")
+    max_profiles: int | None = Field(
+        default=None,
+        ge=0,
+        description="Budget of one run: profile at most this many users whose request changed, most active "
+        "first; the others keep their latest profile or, if none, the profile their options give (None: all).",
+    )
     prompt: str = Field(default=DEFAULT_PROMPT, description="Prompt template in grec_dagster/llm/prompts.")
     encoder_batch_size: int = Field(default=64, ge=1, description="Texts per text-encoder batch.")
 

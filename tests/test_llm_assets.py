@@ -82,15 +82,14 @@ def test_every_user_gets_a_valid_profile_and_facet_embeddings(profiled, grec_hom
     assert metadata(done, "profile_embeddings")["users_with_profile"] == users
 
 
-def test_new_interactions_for_five_users_regenerate_exactly_their_profiles(profiled, grec_home: Path) -> None:
-    defs, instance, first = profiled
+def add_an_event_for_five_users(grec_home: Path) -> list[str]:
+    """Five users each buy one more item, halfway between their latest event the profiles may read and
+    the profile cut (`as_of`): it lands in the training split, before the cut, and in the window of
+    recent events the prompt shows. Returns the five users."""
     with duckdb.connect(str(grec_home / "warehouse.duckdb")) as con:
         changed = [
             row[0] for row in con.execute("SELECT user_id FROM user_histories ORDER BY user_id LIMIT 5").fetchall()
         ]
-        # Five users each buy one more item, halfway between their latest event the profiles may read
-        # and the profile cut (`as_of`): it lands in the training split, before the cut, and in the
-        # window of recent events the prompt shows.
         con.execute(
             """INSERT INTO event_splits BY NAME
                SELECT e.* REPLACE (
@@ -103,6 +102,12 @@ def test_new_interactions_for_five_users_regenerate_exactly_their_profiles(profi
                JOIN user_histories AS h USING (user_id)""",
             [changed],
         )
+    return changed
+
+
+def test_new_interactions_for_five_users_regenerate_exactly_their_profiles(profiled, grec_home: Path) -> None:
+    defs, instance, first = profiled
+    changed = add_an_event_for_five_users(grec_home)
     materialize(defs, instance, "user_histories")
     second = metadata(materialize(defs, instance, "user_profiles"), "user_profiles")
     assert second["regenerated"] == 5
@@ -112,3 +117,26 @@ def test_new_interactions_for_five_users_regenerate_exactly_their_profiles(profi
             row[0] for row in con.execute("SELECT user_id FROM current_user_profiles WHERE regenerated").fetchall()
         }
     assert again == {str(user) for user in changed}
+
+
+def test_a_budget_profiles_the_most_active_changed_users_and_the_rest_keep_their_profile(
+    profiled, grec_home: Path
+) -> None:
+    defs, instance, first = profiled
+    changed = add_an_event_for_five_users(grec_home)
+    with duckdb.connect(str(grec_home / "warehouse.duckdb"), read_only=True) as con:
+        before = dict(con.execute("SELECT user_id, profile_json FROM current_user_profiles").fetchall())
+    budgeted = build_definitions(SMALL_SHOP | {"llm": {"max_profiles": 2}})
+    materialize(budgeted, instance, "user_histories")
+    second = metadata(materialize(budgeted, instance, "user_profiles"), "user_profiles")
+    assert (second["regenerated"], second["over_budget_kept"], second["over_budget_fallback"]) == (2, 3, 0)
+    assert second["reused"] == first["regenerated"] - 5
+    with duckdb.connect(str(grec_home / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT user_id, profile_json, regenerated FROM current_user_profiles").fetchall()
+        activity = dict(con.execute("SELECT user_id, n_events FROM user_histories").fetchall())
+    regenerated = {user for user, _, again in rows if again}
+    most_active = sorted(changed, key=lambda user: (-activity[user], str(user)))[:2]
+    assert regenerated == {str(user) for user in most_active}
+    for user, profile_json, again in rows:
+        if not again:  # over the budget or unchanged: the profile it had
+            assert profile_json == before[user]
