@@ -185,7 +185,7 @@ def recbole_table(results: pd.DataFrame) -> pd.DataFrame:
 def report(by_protocol: dict[str, pd.DataFrame]) -> str:
     lines = []
     for protocol, results in by_protocol.items():
-        seeds = sorted(results.seed.unique())
+        seeds = sorted(int(seed) for seed in results.seed.unique())
         title = "temporal split (global 80/10/10 time cut)" if protocol == "temporal" else "random 8:1:1 per user"
         lines += [f"### MovieLens-100K, {title}: mean ± std over seeds {seeds}", ""]
         for metric, k in METRICS:
