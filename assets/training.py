@@ -3,6 +3,7 @@ towers exist and where their checkpoints go is `grec_dagster.layout`'s registry.
 
 import shutil
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -165,6 +166,23 @@ def _train_tower(
     )
 
 
+def _graph_tower(
+    context: dg.AssetExecutionContext,
+    name: str,
+    config: dg.Config,
+    params: tuple[type, ...],
+    train: Callable[..., TrainedEmbeddings],
+    checkpoints: CheckpointStoreResource,
+    mlflow: MlflowResource,
+    gpu: GpuResource,
+) -> dg.MaterializeResult:
+    """A tower that reads the interaction graph alone (LightGCN, EASE, SASRec): `train(graph, *params)`,
+    with `params` the engine params the config inherits, through `_train_tower`."""
+    graph = _graph(checkpoints)
+    trains = partial(train, graph, *engine_params(config, *params))
+    return _train_tower(context, name, config, graph, graph.fingerprint(), trains, checkpoints, mlflow, gpu)
+
+
 class LightGCNConfig(dg.Config, LightGCNParams, LightGCNTraining, Processes):
     pass
 
@@ -178,18 +196,8 @@ def lightgcn_checkpoint(
     gpu: GpuResource,
 ) -> dg.MaterializeResult:
     """LightGCN trained with BPR, early-stopped on validation NDCG@20; safetensors plus config."""
-    graph = _graph(checkpoints)
-    model, train = engine_params(config, LightGCNParams, TrainParams)
-    return _train_tower(
-        context,
-        LIGHTGCN,
-        config,
-        graph,
-        graph.fingerprint(),
-        partial(train_lightgcn, graph, model, train),
-        checkpoints,
-        mlflow,
-        gpu,
+    return _graph_tower(
+        context, LIGHTGCN, config, (LightGCNParams, TrainParams), train_lightgcn, checkpoints, mlflow, gpu
     )
 
 
@@ -349,11 +357,7 @@ def ease_checkpoint(
 ) -> dg.MaterializeResult:
     """EASE, the closed-form item-item collaborative filter: the regularization chosen on validation
     NDCG@20, refit on train + valid pairs for the test cut."""
-    graph = _graph(checkpoints)
-    (params,) = engine_params(config, EASEParams)
-    return _train_tower(
-        context, EASE, config, graph, graph.fingerprint(), partial(train_ease, graph, params), checkpoints, mlflow, gpu
-    )
+    return _graph_tower(context, EASE, config, (EASEParams,), train_ease, checkpoints, mlflow, gpu)
 
 
 class SASRecConfig(dg.Config, SASRecParams, SASRecTraining, Processes):
@@ -370,19 +374,7 @@ def sasrec_checkpoint(
 ) -> dg.MaterializeResult:
     """SASRec-style self-attention over each user's item sequence, trained on next-item prediction; at
     the test cut each user is read from their train + valid sequence."""
-    graph = _graph(checkpoints)
-    model, train = engine_params(config, SASRecParams, TrainParams)
-    return _train_tower(
-        context,
-        SASREC,
-        config,
-        graph,
-        graph.fingerprint(),
-        partial(train_sasrec, graph, model, train),
-        checkpoints,
-        mlflow,
-        gpu,
-    )
+    return _graph_tower(context, SASREC, config, (SASRecParams, TrainParams), train_sasrec, checkpoints, mlflow, gpu)
 
 
 TOWER_ASSETS = [
