@@ -52,7 +52,7 @@ from grec_dagster.evaluation.evaluator import KS, evaluate, ranking_task
 from grec_dagster.evaluation.metrics import RankingTask, rank_users
 from grec_dagster.graph.interactions import TEST, TRAIN, InteractionGraph, build_graph
 from grec_dagster.graph.splits import split_labels
-from grec_dagster.layout import HomeLayout
+from grec_dagster.layout import LIGHTGCN, HomeLayout
 from grec_dagster.models.lightgcn import LightGCNParams
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.train_lightgcn import build_lightgcn
@@ -244,7 +244,7 @@ def run_worker(spec: WorkerSpec) -> WorkerResult:
         rank_seconds = time.perf_counter() - started
         ranked_users = len(task.users)
         started = time.perf_counter()
-        evaluate(score_fn, graph, "lightgcn", task=task)
+        evaluate(score_fn, graph, LIGHTGCN, task=task)
         evaluate_seconds = time.perf_counter() - started
         rss_eval = _status_mb("VmHWM")
     else:

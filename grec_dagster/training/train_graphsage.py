@@ -20,6 +20,7 @@ from torch import Tensor
 
 from grec_dagster.graph.csr import CSR
 from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
+from grec_dagster.layout import GRAPHSAGE
 from grec_dagster.models.graphsage import GraphSAGE, GraphSAGEParams
 from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
 from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
@@ -49,7 +50,7 @@ def train_graphsage(
     train_graph = interaction_csr(graph, TRAIN)
     model = GraphSAGE(user_features, item_features, train_graph, params)
     objective = BPRObjective(graph, train.batch_size, lambda module: module.embed_all(train_graph), params.negatives)
-    result = fit(model, objective, train, context, description="graphsage")
+    result = fit(model, objective, train, context, description=GRAPHSAGE)
     model.load_state_dict(result.best_state)
     model.eval()
     users, items = model.embed_all(interaction_csr(graph, TRAIN, VALID))

@@ -6,6 +6,7 @@ import torch
 
 from grec_dagster.graph.adjacency import normalized_adjacency
 from grec_dagster.graph.interactions import TEST, TRAIN, InteractionGraph, known_before
+from grec_dagster.layout import LIGHTGCN
 from grec_dagster.models.lightgcn import LightGCN, LightGCNParams
 from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
 from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
@@ -46,7 +47,7 @@ def train_lightgcn(
     torch.manual_seed(train.seed)
     model = build_lightgcn(graph, params)
     objective = BPRObjective(graph, train.batch_size, LightGCN.final_embeddings, params.negatives)
-    result = fit(model, objective, train, context, description="lightgcn")
+    result = fit(model, objective, train, context, description=LIGHTGCN)
     model.load_state_dict(result.best_state)
     valid_users, valid_items = model.final_embeddings()
     users, items = model.final_embeddings(graph_adjacency(graph, *known_before(TEST)))  # fold-in at the test cut

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from grec_dagster.evaluation.evaluator import ranking_task, validation_ndcg
 from grec_dagster.evaluation.segments import item_segments
 from grec_dagster.graph.interactions import TEST, TRAIN, VALID, InteractionGraph, known_before
+from grec_dagster.layout import SASREC
 from grec_dagster.models.sasrec import SASRec, SASRecParams, next_item_windows, recent_items
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.embeddings import TrainedEmbeddings
@@ -78,7 +79,7 @@ def train_sasrec(
     torch.manual_seed(train.seed)
     model = SASRec(graph.n_items, params)
     objective = SASRecObjective(graph, params.max_len, train.batch_size)
-    result = fit(model, objective, train, context, description="sasrec")
+    result = fit(model, objective, train, context, description=SASREC)
     model.load_state_dict(result.best_state)
     model.eval()
     items = model.item_vectors()

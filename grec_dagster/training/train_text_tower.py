@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
+from grec_dagster.layout import TEXT_TOWER
 from grec_dagster.models.text_tower import TextTower, TextTowerParams
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
@@ -100,7 +101,7 @@ def train_text_tower(
     torch.manual_seed(train.seed)
     model = TextTower(item_text, profile_text, graph.n_users, graph.pairs(TRAIN), params, texts)
     objective = TextTowerObjective(graph, model, train.batch_size, params.negatives, profile_from)
-    result = fit(model, objective, train, context, description="text_tower")
+    result = fit(model, objective, train, context, description=TEXT_TOWER)
     model.load_state_dict(result.best_state)
     model.eval()
     valid_users, items = model.embed_all()
