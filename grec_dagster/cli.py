@@ -20,7 +20,7 @@ from grec_dagster.layout import GATED_FUSION, SERVABLE, HomeLayout
 from grec_dagster.settings import MLFLOW_EXPERIMENT, user_setting
 
 if TYPE_CHECKING:
-    from assets.ingestion import Ingestion
+    from grec_dagster.definitions import Ingestion
 
 DAGSTER_YAML = """\
 # Written by `grec init`: the local Dagster instance of grec, SQLite storage under this folder.
@@ -79,16 +79,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     """Every file of the `files` source ingested as its partition, on GREC_HOME's Dagster instance."""
     import dagster as dg
 
-    from assets.ingestion import ingest_files
     from grec_dagster.data.errors import DataSourceError
-    from grec_dagster.definitions import build_definitions
-    from grec_dagster.settings import load_user_config
+    from grec_dagster.definitions import ingest_landed_files
 
     dagster_home = init_home()
     failed = 0
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         try:
-            for done in ingest_files(build_definitions(load_user_config()), instance, again=args.all):
+            for done in ingest_landed_files(instance, again=args.all):
                 failed += not done.ok
                 _print_ingestion(done)
         except DataSourceError as error:

@@ -4,9 +4,12 @@ Resources start from the embedded defaults under GREC_HOME and take overrides fr
 file GREC_CONFIG names, so the same code runs on a laptop or against shared services.
 """
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from assets import evaluation, features, fusion, ingestion, ingestion_checks, llm, training
+from assets.ingestion import Ingestion
 from grec_dagster.automation import AutomationSettings, build_automation
 from grec_dagster.layout import HomeLayout
 from grec_dagster.resources import (
@@ -63,6 +66,12 @@ def build_definitions(overrides: dict[str, dict] | None = None) -> dg.Definition
         sensors=[*ingestion.landing_sensors(raw), *automation.sensors],
         resources=resources,
     )
+
+
+def ingest_landed_files(instance: dg.DagsterInstance, again: bool = False) -> Iterator[Ingestion]:
+    """`grec ingest`: every file of GREC_CONFIG's `files` source ingested as its partition on `instance`,
+    what the landing sensor's runs do, without the daemon (`assets.ingestion.ingest_files`)."""
+    return ingestion.ingest_files(build_definitions(load_user_config()), instance, again)
 
 
 defs = build_definitions(load_user_config())
