@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from grec_dagster.layout import (
 )
 from grec_dagster.serving.ranking import DotTower, ItemTower, Pick, Tower, stored_picks, top_items
 from grec_dagster.storage import atomic_write
+
+if TYPE_CHECKING:
+    from grec_dagster.graph.interactions import InteractionGraph  # torch: imported only to build the index
 
 COLD_START = f"cold-start:{MOST_POPULAR_RECENT}"
 """The tower named on a pick the cold-start rule made."""
@@ -217,7 +221,7 @@ def _tower_arrays(layout: CheckpointLayout, name: str, rows: dict[str, int]) -> 
     return arrays, None
 
 
-def _fusion_arrays(path: Path, graph) -> tuple[dict[str, np.ndarray], str | None]:
+def _fusion_arrays(path: Path, graph: InteractionGraph) -> tuple[dict[str, np.ndarray], str | None]:
     """The stored picks as [users, k] arrays in the graph's user order (item -1 where a user has fewer)."""
     import pandas as pd
 
