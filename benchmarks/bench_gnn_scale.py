@@ -48,12 +48,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from previous_tree import ROOT, unpack_previous
+
 MODELS = ("lightgcn", "graphsage", "temporal")
 SIZES = (1_000_000, 10_000_000)
 TREES = ("previous", "this")
 SEED = 0
 GIB = 1024**3
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- children: data preparation and one (tree, model, size) epoch ---------------------------
@@ -215,13 +216,6 @@ class Outcome:
     error: str | None
     wall_s: float
     watched_peak_gib: float
-
-
-def unpack_previous(rev: str, into: Path) -> Path:
-    """`git archive rev grec_dagster` in `into`: the previous tree's engine, importable from there."""
-    archive = subprocess.run(["git", "archive", rev, "grec_dagster"], cwd=ROOT, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
 
 
 def spawn(args: list[str], pythonpath: Path | None, limits: argparse.Namespace) -> Outcome:

@@ -5,10 +5,12 @@ and tokens/s for the batched path against a naive one-user-at-a-time loop on the
 full run over the MovieLens-100K users (each user's 50 most recent ratings, their `--events` most
 recent in the prompt, with real titles, genres and demographics; the target: all 943 in under 5
 minutes), and the compute limit: the model FLOPs the run performed per second against a bf16 matmul
-measured on the same cores.
+measured on the same cores. Last, the same full run with a previous commit's engine and its own
+bench script in a child process (`--previous`, by default the last tree with prompt `profile_v2`,
+the one issue 18 measured), so "no slower per user than before" is a ratio from one run.
 
     python benchmarks/bench_profiles.py [--users 943] [--events 10] [--batch-size 128] [--compare 16]
-                                        [--data movielens|synthetic]
+                                        [--data movielens|synthetic] [--previous fdcdb46 | --previous '']
 
 Decoding settings (token budget, repetition penalty, dtype) are the `llm` resource's defaults, so the
 run measures what `user_profiles` does.
@@ -18,14 +20,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from previous_tree import unpack_previous  # noqa: E402
 
 from grec_dagster.data.movielens import fetch_movielens_100k, load_movielens_100k  # noqa: E402
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic  # noqa: E402
@@ -39,6 +47,8 @@ from grec_dagster.llm.texts import histories_from_frames  # noqa: E402
 from grec_dagster.llm.vocabulary import Catalog, catalog_for, profile_requests  # noqa: E402
 from grec_dagster.resources import LlmResource  # noqa: E402
 
+PREVIOUS = "fdcdb46"
+"""The last commit with prompt `profile_v2` (free-text interests and segments), issue 18's starting point."""
 HISTORY_EVENTS = 50
 """Events per user the pipeline holds (`user_histories`' default); segments are placed by all of them."""
 
@@ -131,6 +141,23 @@ def model_flops(backend: TransformersBackend, results: list[ProfileResult]) -> f
     return flops
 
 
+def previous_full_run(rev: str, args: argparse.Namespace) -> float:
+    """Users/s of the full run by commit `rev`'s own engine and bench script, in a child process on the
+    same users, each tree with its own decoding defaults."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = unpack_previous(rev, Path(scratch), "grec_dagster", "benchmarks/bench_profiles.py")
+        command = [
+            sys.executable, str(tree / "benchmarks" / "bench_profiles.py"), "--users", str(args.users),
+            "--compare", "1", "--data", args.data, "--events", str(args.events), "--threads", str(args.threads),
+        ]  # fmt: skip
+        child = subprocess.run(command, env=os.environ | {"PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"the bench of {rev} failed: {child.stderr[-2000:]}")
+    full_run = child.stdout.split("full run", 1)[1]
+    print("\n".join("  " + line for line in full_run.splitlines()[1:3]))
+    return float(re.search(r"([\d.]+) users/s", full_run).group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=943)
@@ -139,6 +166,7 @@ def main() -> None:
     parser.add_argument("--data", choices=["movielens", "synthetic"], default="movielens")
     parser.add_argument("--compare", type=int, default=16, help="users run both batched and one at a time")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--previous", default=PREVIOUS, help="commit to compare the full run with ('' skips it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
@@ -180,6 +208,12 @@ def main() -> None:
         f"= {flops / seconds / 1e9:.1f} GFLOP/s, {flops / seconds / bf16:.1%} of the bf16 matmul rate"
     )
     print(f"  at the matmul rate: {bf16 / (flops / tokens):.0f} tok/s, {bf16 * len(results) / flops:.1f} users/s")
+
+    if args.previous:
+        print(f"\nthe same full run by commit {args.previous} (its engine, prompt and defaults), in a child process:")
+        before = previous_full_run(args.previous, args)
+        verdict = "no slower" if users_per_second >= before else "slower"
+        print(f"  this tree / {args.previous}: {users_per_second / before:.2f}x users/s ({verdict} per user)")
 
 
 if __name__ == "__main__":
