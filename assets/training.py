@@ -5,10 +5,8 @@ import shutil
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import dagster as dg
-import torch
 from pydantic import BaseModel, Field
 
 from assets.features import interaction_graph, temporal_graph
@@ -53,7 +51,7 @@ from grec_dagster.training.train_graphsage import GraphSAGETraining, train_graph
 from grec_dagster.training.train_lightgcn import LightGCNTraining, train_lightgcn
 from grec_dagster.training.train_sasrec import SASRecTraining, train_sasrec
 from grec_dagster.training.train_temporal import TemporalTraining, train_temporal
-from grec_dagster.training.train_text_tower import train_text_tower
+from grec_dagster.training.train_text_tower import mean_profile_facets, train_text_tower
 
 GROUP = "training"
 TRAINING = {
@@ -320,7 +318,7 @@ def text_tower_checkpoint(
         with warehouse.connect(read_only=True) as con:
             texts = item_texts(con.execute("SELECT * FROM items").df(), graph.item_ids)
     profile_text, profile_from = (
-        _mean_profile_facets(checkpoints.layout.profile_embeddings) if config.use_profiles else (None, None)
+        mean_profile_facets(checkpoints.layout.profile_embeddings) if config.use_profiles else (None, None)
     )
     inputs = (item_text,) if profile_text is None else (item_text, profile_text)
     model, train = engine_params(config, TextTowerParams, TrainParams)
@@ -335,12 +333,6 @@ def text_tower_checkpoint(
         mlflow,
         gpu,
     )
-
-
-def _mean_profile_facets(path: Path) -> tuple[torch.Tensor, int]:
-    """Each user's mean facet embedding, zero for users without a profile, and the profile cut."""
-    tensors, meta = load_tensors(path)
-    return tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1), int(meta["as_of"])
 
 
 class EASEConfig(dg.Config, EASEParams):

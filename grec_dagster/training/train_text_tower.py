@@ -22,6 +22,7 @@ keeps the adapters with the heads (`TrainedEmbeddings.weights`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -29,9 +30,17 @@ from torch import Tensor
 from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
 from grec_dagster.layout import TEXT_TOWER
 from grec_dagster.models.text_tower import TextTower, TextTowerParams
+from grec_dagster.storage import load_tensors
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
 from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
+
+
+def mean_profile_facets(path: Path) -> tuple[Tensor, int]:
+    """The `profile_text` a `profile_embeddings` checkpoint gives: each user's mean facet embedding,
+    zero for users without a profile, and the profile cut (`profile_from`)."""
+    tensors, meta = load_tensors(path)
+    return tensors["facets"].mean(dim=1) * tensors["mask"].unsqueeze(1), int(meta["as_of"])
 
 
 class TextTowerObjective(BPRObjective):
