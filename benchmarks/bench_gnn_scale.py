@@ -24,7 +24,8 @@ Validation is replaced by a constant, so the epoch is training only.
   reported ("real").
 - Above it (10M: hours for the previous tree) only `--steps` batches are trained and the epoch is
   **extrapolated**: time to the first batch (the epoch's setup: permutation, the previous tree's
-  up-front negatives) + the time of the trained steps x steps per epoch / steps trained. BPR batches
+  up-front negatives) + the time of the trained steps (each drawing its batch and training on it;
+  drawing the dropped batches is not counted) x steps per epoch / steps trained. BPR batches
   are i.i.d., so the first ones stand for all; the temporal stream is not (early batches have few
   earlier neighbors), so its trained batches are spread evenly over the epoch, each with the memory
   of the previous trained one. Extrapolated figures are marked `*`.
@@ -114,22 +115,29 @@ class OneEpoch:
     """An objective's batches for one `fit` epoch, `steps` of them (None: all), timed as they go.
 
     `positions` picks which batches train; the others are drawn and dropped, so the generator
-    (and, for the temporal model, the stream order) is what a whole epoch would have.
+    (and, for the temporal model, the stream order) is what a whole epoch would have. The time spent
+    drawing dropped batches is kept apart (`dropped_s`): counted in the trained steps' time, it would
+    be multiplied up by the extrapolation, penalizing a tree that draws its negatives per batch.
     """
 
     def __init__(self, objective, positions: set[int] | None):
         self.objective, self.positions = objective, positions
         self.first_batch_s = 0.0
+        self.dropped_s = 0.0
         self.trained = 0
 
     def batches(self, epoch: int, generator) -> Iterator[tuple]:
         started = time.perf_counter()
         for index, batch in enumerate(self.objective.batches(epoch, generator)):
+            drawn = time.perf_counter() - started
             if index == 0:
-                self.first_batch_s = time.perf_counter() - started
+                self.first_batch_s = drawn
             if self.positions is None or index in self.positions:
                 self.trained += 1
                 yield batch
+            else:
+                self.dropped_s += drawn
+            started = time.perf_counter()
 
     def validate(self, model) -> dict[str, float]:
         return {"ndcg@20": 0.0}
@@ -191,8 +199,9 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None) -> Meas
     timed = OneEpoch(objective, positions)
     result = fit(model, timed, train.model_copy(update={"epochs": 1}), description=f"{tree} {model_name}")
     seconds = result.history[0]["seconds"]
-    if positions is not None:
-        seconds = timed.first_batch_s + (seconds - timed.first_batch_s) * n_steps / timed.trained
+    if positions is not None:  # the dropped batches' drawing is not a trained step's cost
+        per_step = (seconds - timed.first_batch_s - timed.dropped_s) / timed.trained
+        seconds = timed.first_batch_s + per_step * n_steps
     return Measurement(
         tree=tree,
         model=model_name,
@@ -360,7 +369,8 @@ def print_table(args: argparse.Namespace, rows: dict[tuple[str, str, int], Outco
             ratio = f"x{epochs[0] / epochs[1]:.1f}" if len(epochs) == 2 else "-"
             print(f"| {model} | {_size_label(size)} | {cells[0]} | {cells[1]} | {ratio} |")
     print(
-        "\n\\* extrapolated: time to the first batch + trained steps' time x steps/epoch / steps trained."
+        "\n\\* extrapolated: time to the first batch + trained steps' time (drawing and training) x steps/epoch"
+        " / steps trained."
         " Peak RSS: the child's ru_maxrss (graph, features, model structures, optimizer state, the epoch)."
     )
     if os.getloadavg()[0] > (os.cpu_count() or 1):
