@@ -94,7 +94,27 @@ def prepare(size: int, folder: Path) -> dict:
         "items": graph.n_items,
         "train_events": int(np.count_nonzero(labels == TRAIN)),
         "train_pairs": len(graph.pairs(TRAIN)),
+        **graphsage_sample(graph),
     }
+
+
+def graphsage_sample(graph) -> dict:
+    """Distinct nodes and edges of GraphSAGE's neighbour sample around one training batch (this tree's
+    defaults): a step's cost follows them, and on a small graph they saturate at its node count."""
+    import torch
+
+    from grec_dagster.graph.interactions import TRAIN
+    from grec_dagster.graph.samplers import sample_neighbors
+    from grec_dagster.models.graphsage import GraphSAGEParams
+    from grec_dagster.training.embeddings import BPRObjective
+    from grec_dagster.training.train_graphsage import GraphSAGETraining, interaction_csr
+
+    params = GraphSAGEParams()
+    objective = BPRObjective(graph, GraphSAGETraining().batch_size, None, params.negatives)
+    users, positives, negatives = next(objective.batches(0, torch.Generator().manual_seed(SEED)))
+    seeds = torch.cat([users, positives + graph.n_users, negatives.flatten() + graph.n_users]).unique()
+    sample = sample_neighbors(interaction_csr(graph, TRAIN), seeds, params.fanouts)
+    return {"sample_nodes": len(sample.n_id), "sample_edges": sample.edge_index.shape[1]}
 
 
 @dataclass
@@ -326,8 +346,9 @@ def main() -> None:
             info = data.result
             print(
                 f"\n== {size:,} interactions: {info['users']:,} users, {info['items']:,} items,"
-                f" {info['train_events']:,} train events, {info['train_pairs']:,} distinct train pairs"
-                f" (load {load_average()})",
+                f" {info['train_events']:,} train events, {info['train_pairs']:,} distinct train pairs;"
+                f" one GraphSAGE batch samples {info['sample_nodes']:,} of the"
+                f" {info['users'] + info['items']:,} nodes and {info['sample_edges']:,} edges (load {load_average()})",
                 flush=True,
             )
             steps = None if size <= args.real_epoch_max else args.steps
