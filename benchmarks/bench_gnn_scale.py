@@ -105,15 +105,15 @@ def graphsage_sample(graph) -> dict:
 
     from grec_dagster.graph.interactions import TRAIN
     from grec_dagster.graph.samplers import sample_neighbors
-    from grec_dagster.models.graphsage import GraphSAGEParams
+    from grec_dagster.models.graphsage import GraphSAGEParams, bpr_seeds
     from grec_dagster.training.embeddings import BPRObjective
     from grec_dagster.training.train_graphsage import GraphSAGETraining, interaction_csr
 
     params = GraphSAGEParams()
     objective = BPRObjective(graph, GraphSAGETraining().batch_size, None, params.negatives)
-    users, positives, negatives = next(objective.batches(0, torch.Generator().manual_seed(SEED)))
-    seeds = torch.cat([users, positives + graph.n_users, negatives.flatten() + graph.n_users]).unique()
-    sample = sample_neighbors(interaction_csr(graph, TRAIN), seeds, params.fanouts)
+    generator = torch.Generator().manual_seed(SEED)
+    seeds, _ = bpr_seeds(graph.n_users, *next(objective.batches(0, generator)))
+    sample = sample_neighbors(interaction_csr(graph, TRAIN), seeds, params.fanouts, generator=generator)
     return {"sample_nodes": len(sample.n_id), "sample_edges": sample.edge_index.shape[1]}
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 from results_table import spread, verdict
+from torch import Tensor
 
 from grec_dagster.evaluation.evaluator import evaluate, ranking_task
 from grec_dagster.evaluation.tables import headline_table
@@ -35,11 +36,11 @@ VARIANTS = ("with profiles", "without profiles")
 
 
 def text_tower_test_ndcg(
-    graph: InteractionGraph, layout: CheckpointLayout, use_profiles: bool, seed: int
+    graph: InteractionGraph, item_text: Tensor, profiles: tuple[Tensor, int] | None, seed: int
 ) -> dict[str, float]:
-    """Test NDCG@20 per segment of a text tower trained with or without profile features."""
-    item_text = load_tensors(layout.item_text_embeddings)[0]["item_text"]
-    profile_text, profile_from = mean_profile_facets(layout.profile_embeddings) if use_profiles else (None, None)
+    """Test NDCG@20 per segment of a text tower trained with `profiles` (`mean_profile_facets`) or
+    without (None)."""
+    profile_text, profile_from = profiles or (None, None)
     trained = train_text_tower(
         graph, item_text, profile_text, TextTowerParams(), TrainParams(seed=seed), profile_from=profile_from
     )
@@ -58,10 +59,14 @@ def main() -> None:
     if not layout.profile_embeddings.exists():
         raise SystemExit(f"no profile embeddings under {layout.root}: run `make results` first")
     graph = InteractionGraph.load(layout.interaction_graph)
+    item_text = load_tensors(layout.item_text_embeddings)[0]["item_text"]
+    profiles = mean_profile_facets(layout.profile_embeddings)
     runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     for seed in args.seeds:
         for variant in VARIANTS:
-            runs[variant].append(text_tower_test_ndcg(graph, layout, variant == VARIANTS[0], seed))
+            runs[variant].append(
+                text_tower_test_ndcg(graph, item_text, profiles if variant == VARIANTS[0] else None, seed)
+            )
             print(f"seed {seed}, {variant}: {runs[variant][-1]}", flush=True)
 
     with_profiles, without = (pd.DataFrame(runs[variant]) for variant in VARIANTS)

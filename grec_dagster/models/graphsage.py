@@ -42,6 +42,13 @@ class GraphSAGEParams(BaseModel):
     negatives: int = Field(default=1, description="Uniform negatives per positive in the BPR loss.")
 
 
+def bpr_seeds(n_users: int, users: Tensor, positives: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct nodes a BPR batch embeds (items offset by `n_users`), on the CPU where the sampler
+    runs, and each batch node's row among them (users, then positives, then negatives flattened)."""
+    nodes = torch.cat([users, positives + n_users, negatives.flatten() + n_users])
+    return torch.unique(nodes.cpu(), return_inverse=True)
+
+
 class GraphSAGE(nn.Module):
     def __init__(self, user_features: Tensor, item_features: Tensor, train_graph: CSR, params: GraphSAGEParams):
         """`train_graph`: the undirected user-item CSR that training batches sample from."""
@@ -95,8 +102,7 @@ class GraphSAGE(nn.Module):
     def forward(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
         """The BPR loss of a batch (`negatives`: [batch] or [batch, k]), on a subgraph sampled around it."""
         negatives = negatives.view(len(users), -1)
-        nodes = torch.cat([users, positives + self.n_users, negatives.flatten() + self.n_users])
-        seeds, rows = torch.unique(nodes.cpu(), return_inverse=True)
+        seeds, rows = bpr_seeds(self.n_users, users, positives, negatives)
         z = self.encode(sample_neighbors(self.train_graph, seeds, self.params.fanouts))[rows.to(users.device)]
         u, p, n = z[: len(users)], z[len(users) : 2 * len(users)], z[2 * len(users) :].view(*negatives.shape, -1)
         margin = (u * p).sum(-1, keepdim=True) - (u.unsqueeze(1) * n).sum(-1)
