@@ -5,14 +5,15 @@ c(u, i) (cold/warm user x cold/head/tail item) and activity features, all as `to
 defines them. The towers are frozen; fusion only learns how to combine them.
 
 Gated fusion. The gate logit of tower t is a context bias, a per-item offset and a small MLP
-on the pair's tower-score statistics x(u, i) = (z_1..z_T, user activity, item activity):
+on the pair's tower-score statistics x(u, i) = (z_1..z_T, user activity, item activity), to which
+`recency_features` adds the user's recency and the item's age:
 
     l_t(u, i) = b_t[c(u, i)] + a_t[i] + m_t(x(u, i))
     g(u, i)   = softmax_t l(u, i)
     s(u, i)   = sum_t g_t(u, i) z_t(u, i)            (g_t z_t: tower t's contribution)
 
-b starts at log w (the tuned static weights, floored at `min_weight`), a and m's output layer
-at zero, so training starts from static fusion. Loss: BPR with a learned temperature (which
+b starts at log w (the tuned static weights, floored at `min_weight`; one w for all contexts, or
+one per context), a and m's output layer at zero, so training starts from static fusion. Loss: BPR with a learned temperature (which
 does not change any ranking) and an L2 penalty on the batch items' offsets:
 
     L = -log sigmoid(exp(tau) (s(u, i+) - s(u, i-))) + item_l2 (|a[i+]|^2 + |a[i-]|^2)
@@ -51,36 +52,46 @@ class Fusion(Protocol):
 
 
 class StaticFusion:
-    """s = sum_t w_t z_t with fixed weights."""
+    """s = sum_t w_t z_t with fixed weights: [T] for every pair, or [len(CONTEXTS), T] per context."""
 
     def __init__(self, weights: Tensor):
         self.weights = weights.float()
 
     def contributions(self, features: PairFeatures) -> Tensor:
-        return features.z * self.weights
+        return features.z * (self.weights if self.weights.dim() == 1 else self.weights[features.context])
 
 
 class GatedFusion(nn.Module):
     """The gated model of the module docstring."""
 
     def __init__(
-        self, n_items: int, static_weights: Tensor, hidden: int = 16, min_weight: float = 0.02, item_l2: float = 0.0
+        self,
+        n_items: int,
+        static_weights: Tensor,
+        hidden: int = 16,
+        min_weight: float = 0.02,
+        item_l2: float = 0.0,
+        recency_features: bool = False,
     ):
+        """`static_weights`: [T] for every context, or [len(CONTEXTS), T] one row per context."""
         super().__init__()
         self.item_l2 = item_l2
-        n_towers = len(static_weights)
+        self.recency_features = recency_features
+        n_towers = static_weights.shape[-1]
         prior = torch.log(static_weights.float().clamp(min=min_weight))
-        self.context_bias = nn.Parameter(prior.repeat(len(CONTEXTS), 1))
+        self.context_bias = nn.Parameter(prior.expand(len(CONTEXTS), n_towers).clone())
         self.item_bias = nn.Parameter(torch.zeros(n_items, n_towers))
-        self.mlp = nn.Sequential(nn.Linear(n_towers + 2, hidden), nn.Tanh(), nn.Linear(hidden, n_towers))
+        n_statistics = n_towers + (4 if recency_features else 2)
+        self.mlp = nn.Sequential(nn.Linear(n_statistics, hidden), nn.Tanh(), nn.Linear(hidden, n_towers))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def gates(self, features: PairFeatures) -> Tensor:
-        statistics = torch.cat(
-            [features.z, features.user_activity.unsqueeze(-1), features.item_activity.unsqueeze(-1)], dim=-1
-        )
+        pair = [features.user_activity, features.item_activity]
+        if self.recency_features:
+            pair += [features.user_recency, features.item_age]
+        statistics = torch.cat([features.z, *(feature.unsqueeze(-1) for feature in pair)], dim=-1)
         logits = self.context_bias[features.context] + self.item_bias[features.items] + self.mlp(statistics)
         return torch.softmax(logits, dim=-1)
 
@@ -90,12 +101,12 @@ class GatedFusion(nn.Module):
     def score(self, features: PairFeatures) -> Tensor:
         return self.contributions(features).sum(-1)
 
-    def forward(
-        self, z: Tensor, context: Tensor, items: Tensor, user_activity: Tensor, item_activity: Tensor
-    ) -> Tensor:
+    def forward(self, *fields: Tensor) -> Tensor:
         """The loss of the module docstring over a batch of B (positive, negative) item pairs: the
-        `PairFeatures` fields of shape [B, 2] (z: [B, 2, T]), column 0 the positive."""
-        scores = self.score(PairFeatures(z, context, items, user_activity, item_activity))
+        `PairFeatures` fields in order, each of shape [B, 2] (z: [B, 2, T]), column 0 the positive."""
+        features = PairFeatures(*fields)
+        items = features.items
+        scores = self.score(features)
         margin = self.log_temperature.exp() * (scores[:, 0] - scores[:, 1])
         penalty = self.item_bias[items].pow(2).sum((1, 2))
         return (-F.logsigmoid(margin) + self.item_l2 * penalty).mean()

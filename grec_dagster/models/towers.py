@@ -16,13 +16,16 @@ defines them, from the events before the cut (at the validation cut: the trainin
     c(u, i) = 3 * [u warm] + {0: cold item, 1: head item, 2: tail item}[i]      (6 contexts)
 
 and its activity features are log1p of the user's and the item's event counts before the cut,
-divided by their maxima (so both lie in [0, 1]).
+divided by their maxima (so both lie in [0, 1]). Its timing features, read by gates that ask for
+them (`GatedFusion(recency_features=True)`), say how long ago, in days before the cut's last known
+event, the user last acted and the item was first met, on the same log scale: a user without an
+event counts as the longest absent (1), an item without one as brand new (0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
@@ -40,6 +43,7 @@ USER_CONTEXTS = ("cold_users", "warm_users")
 ITEM_CONTEXTS = ("cold_items", "head_items", "tail_items")
 CONTEXTS = tuple(f"{user}/{item}" for user in USER_CONTEXTS for item in ITEM_CONTEXTS)
 """Context c = 3 * user index + item index, named `<user segment>/<item segment>`."""
+DAY_SECONDS = 86_400
 SCORE_BUDGET = 1 << 22
 """Floats of one [users, items, towers] block; bounds memory on large catalogs."""
 
@@ -75,15 +79,24 @@ class PairFeatures:
     items: Tensor
     user_activity: Tensor
     item_activity: Tensor
+    user_recency: Tensor
+    item_age: Tensor
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The fields in order: what `GatedFusion.forward` takes."""
+        return tuple(getattr(self, field.name) for field in fields(self))
 
 
 @dataclass(frozen=True)
 class TowerInputs:
-    """The towers at one cut, with the event counts before it that define contexts and activity."""
+    """The towers at one cut, with the event counts before it that define contexts and activity,
+    and the days since each user's last and each item's first event before it (inf: none)."""
 
     towers: tuple[Tower, ...]
     user_counts: Tensor
     item_counts: Tensor
+    user_idle_days: Tensor
+    item_age_days: Tensor
 
     @property
     def names(self) -> list[str]:
@@ -131,6 +144,8 @@ class TowerInputs:
             items=items,
             user_activity=self.user_activity[users].expand(items.shape),
             item_activity=self.item_activity[items],
+            user_recency=self.user_recency[users].expand(items.shape),
+            item_age=self.item_age[items],
         )
 
     @cached_property
@@ -149,15 +164,39 @@ class TowerInputs:
     def item_activity(self) -> Tensor:
         return _scaled_log(self.item_counts)
 
+    @cached_property
+    def user_recency(self) -> Tensor:
+        return _scaled_log(self.user_idle_days, unknown=1.0)
+
+    @cached_property
+    def item_age(self) -> Tensor:
+        return _scaled_log(self.item_age_days, unknown=0.0)
+
 
 def _moments(raw: Tensor) -> tuple[Tensor, Tensor]:
     mean, std = raw.mean(dim=1), raw.std(dim=1)
     return mean, torch.where(std > 0, std, torch.ones_like(std))
 
 
-def _scaled_log(counts: Tensor) -> Tensor:
-    logs = torch.log1p(counts.float())
-    return logs / logs.max().clamp(min=1.0)
+def _scaled_log(values: Tensor, unknown: float = 0.0) -> Tensor:
+    """log1p(values) over its largest finite value (at least log1p(e - 1) = 1); inf -> `unknown`."""
+    known = torch.isfinite(values)
+    logs = torch.log1p(torch.where(known, values.float(), 0.0))
+    return torch.where(known, logs / logs.max().clamp(min=1.0), unknown)
+
+
+def days_before(graph: InteractionGraph, cut: int) -> tuple[Tensor, Tensor]:
+    """Days from each user's last and each item's first event to the last event known at `cut`
+    (inf where there is none): `TowerInputs.user_idle_days`, `item_age_days`."""
+    users, items, ts = graph.edges(*known_before(cut))
+    if not len(ts):
+        return torch.full((graph.n_users,), torch.inf), torch.full((graph.n_items,), torch.inf)
+    now = int(ts.max())
+    last = torch.full((graph.n_users,), -1, dtype=torch.long).scatter_reduce(0, users, ts, "amax")
+    first = torch.full((graph.n_items,), now + 1, dtype=torch.long).scatter_reduce(0, items, ts, "amin")
+    idle = torch.where(last >= 0, (now - last) / DAY_SECONDS, torch.inf)
+    age = torch.where(first <= now, (now - first) / DAY_SECONDS, torch.inf)
+    return idle.float(), age.float()
 
 
 def tower_inputs(
@@ -178,7 +217,10 @@ def tower_inputs(
         towers.append(Tower(name, tensors[f"{prefix}item_embedding"], tensors[f"{prefix}user_embedding"]))
     users, items, _ = graph.edges(*known)
     return TowerInputs(
-        tuple(towers), torch.bincount(users, minlength=graph.n_users), torch.bincount(items, minlength=graph.n_items)
+        tuple(towers),
+        torch.bincount(users, minlength=graph.n_users),
+        torch.bincount(items, minlength=graph.n_items),
+        *days_before(graph, cut),
     )
 
 

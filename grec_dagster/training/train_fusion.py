@@ -11,6 +11,10 @@ the validation cut: GraphSAGE and the temporal model from their `valid_*` embedd
 - Gates: BPR on the validation pairs of a seeded `1 - stop_share` of the validation users,
   early-stopped on validation NDCG@20 of the other users (never trained on). The gates start
   at the static weights, which saw those users too: that favours stopping early, never late.
+  With `start_per_item_segment` they start instead from static weights tuned per item segment
+  (cold, head, tail: one coordinate pass, each segment's grid searched with the others held, a
+  segment's weights kept unless another row is strictly better), so that, e.g., the text tower
+  can own the cold-item slot that a blend tuned on all items gives to popularity.
 - Test: the same model on the towers at the test cut (valid events known, as GraphSAGE and
   the temporal model embed them) with contexts from train + valid events; test events are
   read by the evaluator only.
@@ -46,7 +50,7 @@ from grec_dagster.models.fusion import (
     fused_contributions,
     grokking_shifts,
 )
-from grec_dagster.models.towers import TowerInputs, towers_at, trained_towers
+from grec_dagster.models.towers import CONTEXTS, ITEM_CONTEXTS, TowerInputs, towers_at, trained_towers
 from grec_dagster.storage import load_tensors, save_tensors
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, TrainResult, fit
@@ -66,6 +70,12 @@ class FusionParams(BaseModel):
     grid_step: float = Field(default=0.1, gt=0, le=1, description="Step of the static weights' simplex grid.")
     stop_share: float = Field(default=0.25, gt=0, lt=1, description="Validation users held out for early stopping.")
     max_shift: float = Field(default=math.log(2), ge=0, description="Bound on a grokking shift of one gate bias.")
+    recency_features: bool = Field(
+        default=False, description="Gates also read the user's days since its last event and the item's age."
+    )
+    start_per_item_segment: bool = Field(
+        default=False, description="Gates start from static weights tuned per item segment (cold, head, tail)."
+    )
 
     @field_validator("towers")
     @classmethod
@@ -90,6 +100,8 @@ class TrainedFusion:
     """Held-out validation NDCG@20 of the gates with the proposed shifts (equal to before when none)."""
     stop_users: Tensor
     """The validation users held out of the gates' training: early stopping and the shift are judged on them."""
+    start: Tensor
+    """The static weights per context the gates started from, [len(CONTEXTS), T] (unfloored)."""
     shift_accepted: bool = False
 
     def shift_decision(self) -> str:
@@ -126,15 +138,43 @@ def validation_task(graph: InteractionGraph, users: Tensor) -> RankingTask:
 
 def tune_static(inputs: TowerInputs, task: RankingTask, step: float) -> tuple[Tensor, float]:
     """The simplex grid's best weights by NDCG@20 on `task`, and that NDCG."""
-    z = torch.cat([inputs.all_items(task.users[s : s + 256]).z for s in range(0, len(task.users), 256)])
-    row = torch.full((int(task.users.max()) + 1,), -1, dtype=torch.long)
-    row[task.users] = torch.arange(len(task.users))
+    z, row = _task_z(inputs, task)
     best, best_ndcg = None, -math.inf
     for weights in simplex_grid(len(inputs.towers), step):
         ndcg = validation_ndcg(lambda users, w=weights: z[row[users]] @ w, task)["ndcg@20"]
         if ndcg > best_ndcg:
             best, best_ndcg = weights, ndcg
     return best, best_ndcg
+
+
+def tune_static_per_item_segment(
+    inputs: TowerInputs, task: RankingTask, step: float, weights: Tensor, ndcg: float
+) -> tuple[Tensor, float]:
+    """From `weights` (NDCG@20 `ndcg` on `task`), one coordinate pass over the item segments: each
+    segment's row searched on the simplex grid with the others held, kept unless a row is strictly
+    better. Returns [len(ITEM_CONTEXTS), T] weights and their NDCG@20."""
+    z, row = _task_z(inputs, task)
+    by_segment = weights.expand(len(ITEM_CONTEXTS), -1).clone()
+    for index in range(len(ITEM_CONTEXTS)):
+        items = torch.nonzero(inputs.item_context == index).squeeze(1)
+        if not len(items):
+            continue
+        fused = (z * by_segment[inputs.item_context]).sum(-1)  # only the segment's columns change below
+        segment_z = z[:, items]
+        for candidate in simplex_grid(len(inputs.towers), step):
+            trial = fused.index_copy(1, items, segment_z @ candidate)
+            score = validation_ndcg(lambda users, scores=trial: scores[row[users]], task)["ndcg@20"]
+            if score > ndcg:
+                by_segment[index], ndcg = candidate, score
+    return by_segment, ndcg
+
+
+def _task_z(inputs: TowerInputs, task: RankingTask) -> tuple[Tensor, Tensor]:
+    """Standardized scores of every item for `task`'s users, [users, n_items, T], and each user's row."""
+    z = torch.cat([inputs.all_items(task.users[s : s + 256]).z for s in range(0, len(task.users), 256)])
+    row = torch.full((int(task.users.max()) + 1,), -1, dtype=torch.long)
+    row[task.users] = torch.arange(len(task.users))
+    return z, row
 
 
 class GatedObjective:
@@ -166,8 +206,7 @@ class GatedObjective:
             pair_users = users[batch].unsqueeze(1).expand(-1, 2)
             pair_items = torch.stack([items[batch], negatives[batch]], dim=1)
             mean, std = self.mean[rows[batch]].unsqueeze(1), self.std[rows[batch]].unsqueeze(1)
-            pairs = self.inputs.pairs(pair_users, pair_items, mean, std)
-            yield pairs.z, pairs.context, pairs.items, pairs.user_activity, pairs.item_activity
+            yield self.inputs.pairs(pair_users, pair_items, mean, std).tensors()
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         return validation_ndcg(fusion_scores(model, self.inputs), self.stop_task)
@@ -204,10 +243,17 @@ def train_fusion(
     n_stop = min(max(1, round(params.stop_share * len(order))), len(order) - 1)
     stop_users, fit_users = order[:n_stop].sort().values, order[n_stop:].sort().values
     tuning_users = order[: max(1, TUNING_BUDGET // (inputs.n_items * len(inputs.towers)))].sort().values
-    weights, static_ndcg = tune_static(inputs, validation_task(graph, tuning_users), params.grid_step)
+    tuning_task = validation_task(graph, tuning_users)
+    weights, static_ndcg = tune_static(inputs, tuning_task, params.grid_step)
+    start = weights.expand(len(CONTEXTS), -1)
+    if params.start_per_item_segment:
+        per_segment, _ = tune_static_per_item_segment(inputs, tuning_task, params.grid_step, weights, static_ndcg)
+        start = per_segment[torch.arange(len(CONTEXTS)) % len(ITEM_CONTEXTS)]
 
     torch.manual_seed(train.seed)
-    model = GatedFusion(inputs.n_items, weights, params.hidden, params.min_weight, params.item_l2)
+    model = GatedFusion(
+        inputs.n_items, start, params.hidden, params.min_weight, params.item_l2, params.recency_features
+    )
     objective = GatedObjective(graph, inputs, fit_users, stop_users, train.batch_size)
     on_cpu = TrainingContext(context.checkpoint_dir, context.on_epoch, Accelerator(cpu=True))
     result = fit(model, objective, train, on_cpu, description="fusion")
@@ -230,6 +276,7 @@ def train_fusion(
         before_shift,
         after_shift,
         stop_users,
+        start.clone(),
         accepted,
     )
 
@@ -244,7 +291,13 @@ def save_fusion(path: Path, trained: TrainedFusion, config: dict) -> None:
 def load_fusion(path: Path) -> tuple[list[str], StaticFusion, GatedFusion]:
     tensors, meta = load_tensors(path)
     gated = {k.removeprefix("gated."): v for k, v in tensors.items() if k.startswith("gated.")}
-    model = GatedFusion(len(gated["item_bias"]), tensors["static_weights"], hidden=len(gated["mlp.0.weight"]))
+    n_statistics = gated["mlp.0.weight"].shape[1] - len(tensors["static_weights"])
+    model = GatedFusion(
+        len(gated["item_bias"]),
+        tensors["static_weights"],
+        hidden=len(gated["mlp.0.weight"]),
+        recency_features=n_statistics == 4,
+    )
     model.load_state_dict(gated)
     model.eval()
     return meta["towers"], StaticFusion(tensors["static_weights"]), model

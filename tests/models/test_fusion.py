@@ -10,6 +10,7 @@ knows everyone's cluster and another is noise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grec_dagster.evaluation.evaluator import ranking_task, validation_ndcg
+from grec_dagster.evaluation.metrics import RankingTask
 from grec_dagster.graph.interactions import TEST, TRAIN, VALID, InteractionGraph, build_graph
 from grec_dagster.grokking import GrokkingEvent
 from grec_dagster.layout import POPULARITY
@@ -48,6 +50,8 @@ from grec_dagster.training.train_fusion import (
     read_grokking_events,
     save_fusion,
     train_fusion,
+    tune_static,
+    tune_static_per_item_segment,
     validation_task,
 )
 
@@ -85,7 +89,9 @@ def random_inputs(n_users: int = 20, n_items: int = 30, seed: int = 0, constant:
     item_counts = torch.randint(0, 12, (n_items,), generator=g)
     user_counts[:3] = 0
     item_counts[:4] = 0
-    return TowerInputs(tuple(towers), user_counts, item_counts)
+    idle_days = torch.where(user_counts > 0, 60 * torch.rand(n_users, generator=g), torch.inf)
+    age_days = torch.where(item_counts > 0, 90 * torch.rand(n_items, generator=g), torch.inf)
+    return TowerInputs(tuple(towers), user_counts, item_counts, idle_days, age_days)
 
 
 def randomized_gated(inputs: TowerInputs, seed: int = 0) -> GatedFusion:
@@ -159,6 +165,8 @@ def test_pairs_with_moments_match_all_items_and_moments_chunk(monkeypatch: pytes
     assert torch.equal(pairs.context, whole.context[pair_users, pair_items])
     assert torch.equal(pairs.user_activity, whole.user_activity[pair_users, pair_items])
     assert torch.equal(pairs.item_activity, whole.item_activity[pair_users, pair_items])
+    assert torch.equal(pairs.user_recency, whole.user_recency[pair_users, pair_items])
+    assert torch.equal(pairs.item_age, whole.item_age[pair_users, pair_items])
 
 
 def test_contexts_follow_the_user_and_item_segments() -> None:
@@ -167,7 +175,11 @@ def test_contexts_follow_the_user_and_item_segments() -> None:
     user_counts = torch.tensor([0, 4, 1, 0, 12])
     g = torch.Generator().manual_seed(0)
     inputs = TowerInputs(
-        (Tower("dot", torch.randn(12, 2, generator=g), torch.randn(5, 2, generator=g)),), user_counts, item_counts
+        (Tower("dot", torch.randn(12, 2, generator=g), torch.randn(5, 2, generator=g)),),
+        user_counts,
+        item_counts,
+        torch.where(user_counts > 0, 1.0, torch.inf),
+        torch.where(item_counts > 0, 1.0, torch.inf),
     )
     features = inputs.all_items(torch.arange(5))
 
@@ -192,6 +204,46 @@ def test_all_six_contexts_occur_in_the_random_inputs() -> None:
     """The fusion tests below rely on it: a bug that collapses contexts would go unseen otherwise."""
     features = random_inputs().all_items(torch.arange(20))
     assert features.context.unique().tolist() == list(range(len(CONTEXTS)))
+
+
+def test_timing_features_count_days_before_the_cut_on_a_log_scale() -> None:
+    """User 0 last acted 9 days before the training split's last event, user 1 on it, user 2 only
+    later (cold at the validation cut); item 0 was first met 10 days before, item 1 on the last day,
+    item 2 only later (brand new). At the test cut the validation events are known too."""
+    day = towers_module.DAY_SECONDS
+    log = pd.DataFrame(
+        {
+            "user_id": ["u0", "u0", "u1", "u2"],
+            "item_id": ["i0", "i0", "i1", "i2"],
+            "ts": pd.to_datetime(np.array([0, 1, 10, 12]) * day, unit="s"),
+        }
+    )
+    graph = build_graph(log, np.array([TRAIN, TRAIN, TRAIN, VALID]), "temporal")
+    order = [list(graph.user_ids).index(f"u{k}") for k in range(3)]
+    item_order = [list(graph.item_ids).index(f"i{k}") for k in range(3)]
+    idle, age = towers_module.days_before(graph, VALID)
+    assert idle[order].tolist() == [9.0, 0.0, math.inf]
+    assert age[item_order].tolist() == [10.0, 0.0, math.inf]
+
+    features = tower_inputs(graph, {}, VALID, popularity=True).all_items(torch.tensor(order))
+    torch.testing.assert_close(features.user_recency[:, 0], torch.tensor([1.0, 0.0, 1.0]))  # cold: the longest absent
+    torch.testing.assert_close(features.item_age[0, item_order], torch.tensor([1.0, 0.0, 0.0]))  # new: age 0
+    idle, age = towers_module.days_before(graph, TEST)
+    assert idle[order].tolist() == [11.0, 2.0, 0.0] and age[item_order].tolist() == [12.0, 2.0, 0.0]
+
+
+def test_gates_read_the_timing_features_only_when_asked() -> None:
+    inputs = random_inputs()
+    features = inputs.all_items(torch.arange(20))
+    later = dataclasses.replace(features, user_recency=1 - features.user_recency, item_age=1 - features.item_age)
+    for recency_features in (False, True):
+        torch.manual_seed(0)
+        model = GatedFusion(inputs.n_items, torch.tensor([0.5, 0.3, 0.2]), hidden=8, recency_features=recency_features)
+        assert model.mlp[0].in_features == len(inputs.towers) + (4 if recency_features else 2)
+        with torch.no_grad():
+            model.mlp[-1].weight.normal_(0, 0.5)
+            moved = (model.gates(features) - model.gates(later)).abs().max()
+        assert bool(moved > 1e-3) == recency_features
 
 
 # --- 2. gated fusion starts as static fusion ------------------------------------------------------
@@ -536,6 +588,58 @@ def test_a_shift_toward_the_right_tower_is_applied_and_toward_the_wrong_one_reje
     gap = trained.gated.context_bias.detach() - unshifted.gated.context_bias.detach()
     assert bool(gap.abs().max() > 0.5) == helps  # a rejected shift left the gates as training made them
     assert trained.stop_ndcg_before_shift == unshifted.stop_ndcg_before_shift
+
+
+def test_static_weights_tuned_per_item_segment_give_each_expert_its_segment(shop: Shop, experts: Experts) -> None:
+    """One blend for all items ties every relevant item with a decoy; one per item segment gives the
+    cold expert the cold items and the warm expert the rest, and gates that start there (barely
+    trained) keep that on held-out users."""
+    inputs, task = experts.inputs, ranking_task(shop.graph, VALID)
+    weights, ndcg = tune_static(inputs, task, FUSION.grid_step)
+    by_segment, segment_ndcg = tune_static_per_item_segment(inputs, task, FUSION.grid_step, weights, ndcg)
+    assert segment_ndcg >= ndcg + 0.15, (segment_ndcg, ndcg)
+    assert by_segment.shape == (len(ITEM_CONTEXTS), 2)
+    cold = ITEM_CONTEXTS.index("cold_items")
+    assert float(by_segment[cold, 0]) > float(by_segment[cold, 1])  # cold_expert owns the cold-item slot
+    for segment in ("head_items", "tail_items"):
+        row = by_segment[ITEM_CONTEXTS.index(segment)]
+        assert float(row[1]) > float(row[0]), (segment, row)
+    per_item = by_segment[inputs.item_context]
+    scored = validation_ndcg(lambda users: (inputs.all_items(users).z * per_item).sum(-1), task)["ndcg@20"]
+    assert scored == pytest.approx(segment_ndcg, abs=1e-6)
+
+    barely = TrainParams(epochs=1, lr=1e-6, batch_size=64, patience=1, seed=0)
+    start = FusionParams.model_validate(FUSION.model_dump() | {"start_per_item_segment": True})
+    segmented = train_fusion(shop.graph, inputs, start, barely, [])
+    plain = train_fusion(shop.graph, inputs, FUSION, barely, [])
+    assert segmented.stop_ndcg_before_shift >= plain.stop_ndcg_before_shift + 0.15
+    assert torch.equal(segmented.static.weights, plain.static.weights)  # the static baseline is the same blend
+
+
+def test_segment_tuning_keeps_a_segment_without_items_and_never_loses_ndcg() -> None:
+    inputs = random_inputs()
+    task = RankingTask.from_pairs(torch.tensor([0 * 30 + 5, 7 * 30 + 9, 12 * 30 + 20]), torch.empty(0, dtype=torch.long), 30)
+    weights, ndcg = tune_static(inputs, task, 0.25)
+    by_segment, segment_ndcg = tune_static_per_item_segment(inputs, task, 0.25, weights, ndcg)
+    assert segment_ndcg >= ndcg
+    empty = dataclasses.replace(inputs, item_counts=torch.ones_like(inputs.item_counts))  # no cold item left
+    by_segment, _ = tune_static_per_item_segment(empty, task, 0.25, weights, ndcg)
+    assert torch.equal(by_segment[ITEM_CONTEXTS.index("cold_items")], weights)
+
+
+@pytest.mark.parametrize("recency_features", [False, True])
+def test_save_and_load_fusion_round_trip_with_or_without_timing_features(
+    shop: Shop, experts: Experts, tmp_path: Path, recency_features: bool
+) -> None:
+    barely = TrainParams(epochs=1, lr=1e-2, batch_size=64, patience=1, seed=0)
+    params = FusionParams.model_validate(FUSION.model_dump() | {"recency_features": recency_features})
+    trained = train_fusion(shop.graph, experts.inputs, params, barely, [])
+    path = tmp_path / "fusion" / "model.safetensors"
+    save_fusion(path, trained, {})
+    _, _, gated = load_fusion(path)
+    assert gated.recency_features == recency_features
+    users = ranking_task(shop.graph, VALID).users
+    assert torch.equal(fusion_scores(gated, experts.inputs)(users), fusion_scores(trained.gated, experts.inputs)(users))
 
 
 def test_save_and_load_fusion_round_trip(shop: Shop, experts: Experts, tmp_path: Path) -> None:
