@@ -1,6 +1,7 @@
 """Fusion ablations on a materialized GREC_HOME: which towers, and which gate parts, earn their place.
 
-    python benchmarks/fusion_ablation.py [--home .grec/results/movielens-100k-temporal]
+    python benchmarks/fusion_ablation.py [--home .grec/results/movielens-100k-temporal] [--only VARIANT ...]
+    python benchmarks/fusion_ablation.py --home .grec/results/movielens-100k-random-split{0,1,2}
 
 Reads the interaction graph and the tower checkpoints the pipeline wrote (run `make results`
 first; the checkpoints are those of the last seed it trained), then fits static and gated fusion
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from torch import Tensor
 
@@ -101,18 +103,43 @@ def weights_text(towers: list[str], weights: Tensor) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", type=Path, default=Path(".grec/results/movielens-100k-temporal"))
+    parser.add_argument(
+        "--home",
+        type=Path,
+        nargs="+",
+        default=[Path(".grec/results/movielens-100k-temporal")],
+        help="one or more materialized homes (e.g. the random split seeds'); with several, a mean ± std table follows",
+    )
     parser.add_argument("--only", nargs="+", choices=VARIANTS, metavar="VARIANT", help="run these variants only")
     args = parser.parse_args()
-    layout = CheckpointLayout(args.home / "checkpoints")
+    tables = [ablation_table(home, args.only or list(VARIANTS)) for home in args.home]
+    if len(tables) > 1:
+        print(f"\nmean ± std over the {len(tables)} homes\n")
+        print(spread_table(tables).to_markdown())
+
+
+def ablation_table(home: Path, variants: list[str]) -> pd.DataFrame:
+    """Every variant's row on one home, printed as it comes and as a table."""
+    layout = CheckpointLayout(home / "checkpoints")
     graph = InteractionGraph.load(layout.interaction_graph)
     rows = {}
-    for name in args.only or VARIANTS:
+    for name in variants:
         towers, overrides = VARIANTS[name]
         rows[name] = run_variant(graph, layout, towers, overrides)
-        print(f"{name}: {rows[name]}", flush=True)
-    print(f"\nfusion ablations, {graph.protocol} split, NDCG@20 on validation (fit on it) and test\n")
-    print(pd.DataFrame(rows).T.round(4).to_markdown())
+        print(f"{home.name}, {name}: {rows[name]}", flush=True)
+    table = pd.DataFrame(rows).T
+    print(f"\nfusion ablations, {home.name} ({graph.protocol} split), NDCG@20 on validation (fit on it) and test\n")
+    print(table.round(4).to_markdown())
+    return table
+
+
+def spread_table(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Mean ± std (ddof 1) over homes of every numeric column, per variant."""
+    numeric = [column for column in tables[0].columns if not isinstance(tables[0][column].iloc[0], str)]
+    stacked = np.stack([table[numeric].to_numpy(dtype=float) for table in tables])
+    mean, std = stacked.mean(axis=0), stacked.std(axis=0, ddof=1)
+    cells = np.vectorize(lambda m, s: f"{m:.4f} ± {s:.4f}")(mean, std)
+    return pd.DataFrame(cells, index=tables[0].index, columns=numeric)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ on the pair's tower-score statistics x(u, i) = (z_1..z_T, user activity, item ac
     s(u, i)   = sum_t g_t(u, i) z_t(u, i)            (g_t z_t: tower t's contribution)
 
 b starts at log w (the tuned static weights, floored at `min_weight`; one w for all contexts, or
-one per context), a and m's output layer at zero, so training starts from static fusion. Loss: BPR with a learned temperature (which
-does not change any ranking) and an L2 penalty on the batch items' offsets:
+one per context), a and m's output layer at zero, so training starts from static fusion. Loss:
+BPR with a learned temperature (which does not change any ranking) and an L2 penalty on the
+batch items' offsets:
 
     L = -log sigmoid(exp(tau) (s(u, i+) - s(u, i-))) + item_l2 (|a[i+]|^2 + |a[i-]|^2)
 
@@ -105,10 +106,9 @@ class GatedFusion(nn.Module):
         """The loss of the module docstring over a batch of B (positive, negative) item pairs: the
         `PairFeatures` fields in order, each of shape [B, 2] (z: [B, 2, T]), column 0 the positive."""
         features = PairFeatures(*fields)
-        items = features.items
         scores = self.score(features)
         margin = self.log_temperature.exp() * (scores[:, 0] - scores[:, 1])
-        penalty = self.item_bias[items].pow(2).sum((1, 2))
+        penalty = self.item_bias[features.items].pow(2).sum((1, 2))
         return (-F.logsigmoid(margin) + self.item_l2 * penalty).mean()
 
     @torch.no_grad()
