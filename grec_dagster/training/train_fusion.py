@@ -136,11 +136,29 @@ def validation_task(graph: InteractionGraph, users: Tensor) -> RankingTask:
     return RankingTask.from_pairs(truth, graph.pairs(TRAIN), graph.n_items)
 
 
-def tune_static(inputs: TowerInputs, task: RankingTask, step: float) -> tuple[Tensor, float]:
+@dataclass(frozen=True)
+class TuningScores:
+    """What the static tuners search over, computed once per task: the standardized scores of every
+    item for the task's users `z` [users, n_items, T], each user's row in `z` (`row[user]`), and each
+    item's segment (`TowerInputs.item_context`)."""
+
+    z: Tensor
+    row: Tensor
+    item_context: Tensor
+
+    @classmethod
+    def of(cls, inputs: TowerInputs, task: RankingTask) -> TuningScores:
+        z = torch.cat([inputs.all_items(task.users[s : s + 256]).z for s in range(0, len(task.users), 256)])
+        row = torch.full((int(task.users.max()) + 1,), -1, dtype=torch.long)
+        row[task.users] = torch.arange(len(task.users))
+        return cls(z, row, inputs.item_context)
+
+
+def tune_static(scores: TuningScores, task: RankingTask, step: float) -> tuple[Tensor, float]:
     """The simplex grid's best weights by NDCG@20 on `task`, and that NDCG."""
-    z, row = _task_z(inputs, task)
+    z, row = scores.z, scores.row
     best, best_ndcg = None, -math.inf
-    for weights in simplex_grid(len(inputs.towers), step):
+    for weights in simplex_grid(z.shape[-1], step):
         ndcg = validation_ndcg(lambda users, w=weights: z[row[users]] @ w, task)["ndcg@20"]
         if ndcg > best_ndcg:
             best, best_ndcg = weights, ndcg
@@ -148,33 +166,25 @@ def tune_static(inputs: TowerInputs, task: RankingTask, step: float) -> tuple[Te
 
 
 def tune_static_per_item_segment(
-    inputs: TowerInputs, task: RankingTask, step: float, weights: Tensor, ndcg: float
+    scores: TuningScores, task: RankingTask, step: float, weights: Tensor, ndcg: float
 ) -> tuple[Tensor, float]:
     """From `weights` (NDCG@20 `ndcg` on `task`), one coordinate pass over the item segments: each
     segment's row searched on the simplex grid with the others held, kept unless a row is strictly
     better. Returns [len(ITEM_CONTEXTS), T] weights and their NDCG@20."""
-    z, row = _task_z(inputs, task)
+    z, row = scores.z, scores.row
     by_segment = weights.expand(len(ITEM_CONTEXTS), -1).clone()
     for index in range(len(ITEM_CONTEXTS)):
-        items = torch.nonzero(inputs.item_context == index).squeeze(1)
+        items = torch.nonzero(scores.item_context == index).squeeze(1)
         if not len(items):
             continue
-        fused = (z * by_segment[inputs.item_context]).sum(-1)  # only the segment's columns change below
+        fused = (z * by_segment[scores.item_context]).sum(-1)  # only the segment's columns change below
         segment_z = z[:, items]
-        for candidate in simplex_grid(len(inputs.towers), step):
+        for candidate in simplex_grid(z.shape[-1], step):
             trial = fused.index_copy(1, items, segment_z @ candidate)
             score = validation_ndcg(lambda users, scores=trial: scores[row[users]], task)["ndcg@20"]
             if score > ndcg:
                 by_segment[index], ndcg = candidate, score
     return by_segment, ndcg
-
-
-def _task_z(inputs: TowerInputs, task: RankingTask) -> tuple[Tensor, Tensor]:
-    """Standardized scores of every item for `task`'s users, [users, n_items, T], and each user's row."""
-    z = torch.cat([inputs.all_items(task.users[s : s + 256]).z for s in range(0, len(task.users), 256)])
-    row = torch.full((int(task.users.max()) + 1,), -1, dtype=torch.long)
-    row[task.users] = torch.arange(len(task.users))
-    return z, row
 
 
 class GatedObjective:
@@ -244,10 +254,11 @@ def train_fusion(
     stop_users, fit_users = order[:n_stop].sort().values, order[n_stop:].sort().values
     tuning_users = order[: max(1, TUNING_BUDGET // (inputs.n_items * len(inputs.towers)))].sort().values
     tuning_task = validation_task(graph, tuning_users)
-    weights, static_ndcg = tune_static(inputs, tuning_task, params.grid_step)
+    tuning = TuningScores.of(inputs, tuning_task)
+    weights, static_ndcg = tune_static(tuning, tuning_task, params.grid_step)
     start = weights.expand(len(CONTEXTS), -1)
     if params.start_per_item_segment:
-        per_segment, _ = tune_static_per_item_segment(inputs, tuning_task, params.grid_step, weights, static_ndcg)
+        per_segment, _ = tune_static_per_item_segment(tuning, tuning_task, params.grid_step, weights, static_ndcg)
         start = per_segment[torch.arange(len(CONTEXTS)) % len(ITEM_CONTEXTS)]
 
     torch.manual_seed(train.seed)

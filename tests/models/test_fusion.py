@@ -45,6 +45,7 @@ from grec_dagster.training.loop import TrainParams
 from grec_dagster.training.train_fusion import (
     FusionParams,
     TrainedFusion,
+    TuningScores,
     fusion_scores,
     load_fusion,
     read_grokking_events,
@@ -595,8 +596,9 @@ def test_static_weights_tuned_per_item_segment_give_each_expert_its_segment(shop
     cold expert the cold items and the warm expert the rest, and gates that start there (barely
     trained) keep that on held-out users."""
     inputs, task = experts.inputs, ranking_task(shop.graph, VALID)
-    weights, ndcg = tune_static(inputs, task, FUSION.grid_step)
-    by_segment, segment_ndcg = tune_static_per_item_segment(inputs, task, FUSION.grid_step, weights, ndcg)
+    scores = TuningScores.of(inputs, task)
+    weights, ndcg = tune_static(scores, task, FUSION.grid_step)
+    by_segment, segment_ndcg = tune_static_per_item_segment(scores, task, FUSION.grid_step, weights, ndcg)
     assert segment_ndcg >= ndcg + 0.15, (segment_ndcg, ndcg)
     assert by_segment.shape == (len(ITEM_CONTEXTS), 2)
     cold = ITEM_CONTEXTS.index("cold_items")
@@ -619,11 +621,12 @@ def test_static_weights_tuned_per_item_segment_give_each_expert_its_segment(shop
 def test_segment_tuning_keeps_a_segment_without_items_and_never_loses_ndcg() -> None:
     inputs = random_inputs()
     task = RankingTask.from_pairs(torch.tensor([0 * 30 + 5, 7 * 30 + 9, 12 * 30 + 20]), torch.empty(0, dtype=torch.long), 30)
-    weights, ndcg = tune_static(inputs, task, 0.25)
-    by_segment, segment_ndcg = tune_static_per_item_segment(inputs, task, 0.25, weights, ndcg)
+    scores = TuningScores.of(inputs, task)
+    weights, ndcg = tune_static(scores, task, 0.25)
+    by_segment, segment_ndcg = tune_static_per_item_segment(scores, task, 0.25, weights, ndcg)
     assert segment_ndcg >= ndcg
     empty = dataclasses.replace(inputs, item_counts=torch.ones_like(inputs.item_counts))  # no cold item left
-    by_segment, _ = tune_static_per_item_segment(empty, task, 0.25, weights, ndcg)
+    by_segment, _ = tune_static_per_item_segment(TuningScores.of(empty, task), task, 0.25, weights, ndcg)
     assert torch.equal(by_segment[ITEM_CONTEXTS.index("cold_items")], weights)
 
 
