@@ -181,7 +181,7 @@ def tune_static_per_item_segment(
         segment_z = z[:, items]
         for candidate in simplex_grid(z.shape[-1], step):
             trial = fused.index_copy(1, items, segment_z @ candidate)
-            score = validation_ndcg(lambda users, scores=trial: scores[row[users]], task)["ndcg@20"]
+            score = validation_ndcg(lambda users, trial=trial: trial[row[users]], task)["ndcg@20"]
             if score > ndcg:
                 by_segment[index], ndcg = candidate, score
     return by_segment, ndcg
