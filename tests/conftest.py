@@ -48,12 +48,11 @@ QUICK_TRAINING = {
     "sasrec_checkpoint": {"config": {"epochs": 1}},
     "fusion_checkpoint": {"config": {"epochs": 2}},
 }
-MULTIPROCESS = {
-    "max_concurrent": 3,
-    # Step processes fork from a server that imported grec once, instead of each importing torch anew.
-    # The server keeps the environment of its start: this is the session's only multiprocess run.
-    "start_method": {"forkserver": {"preload_modules": ["grec_dagster.definitions"]}},
-}
+DEMO_RUN_CONFIG = Path(__file__).parents[1] / "configs" / "demo.yaml"
+MULTIPROCESS = yaml.safe_load(DEMO_RUN_CONFIG.read_text())["execution"]["config"]["multiprocess"] | {"max_concurrent": 3}
+"""`make demo`'s executor: step processes fork from a server that imported grec once, instead of each
+importing torch anew (the server keeps the environment of its start: this is the session's only
+multiprocess run); three at a time here."""
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 import subprocess
 import sys
-from pathlib import Path
+from itertools import pairwise
 
 import dagster as dg
 import duckdb
 import pytest
 import yaml
+from conftest import DEMO_RUN_CONFIG
 
 from assets.priority import LONGEST_CHAIN
 from grec_dagster.definitions import ASSETS, build_definitions, build_resources
@@ -85,7 +86,7 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
 
 def test_the_demo_run_config_fits_the_whole_graph(grec_home):
     """`make demo` materializes `*` with configs/demo.yaml: its executor config must validate."""
-    demo = yaml.safe_load((Path(__file__).parents[1] / "configs" / "demo.yaml").read_text())
+    demo = yaml.safe_load(DEMO_RUN_CONFIG.read_text())
     job = build_definitions().resolve_implicit_global_asset_job_def()
     executor = dg.validate_run_config(job, demo)["execution"]["multi_or_in_process_executor"]
     assert executor["multiprocess"]["max_concurrent"] == 2
@@ -98,5 +99,5 @@ def test_the_profile_chain_and_only_it_starts_first():
              if graph.get(key).assets_def.op.tags.get("dagster/priority") == LONGEST_CHAIN["dagster/priority"]]
     chain = ["user_histories", "user_profiles", "profile_embeddings", "text_tower_checkpoint"]
     assert sorted(first) == sorted(chain)
-    for upstream, downstream in zip(chain, chain[1:], strict=False):
+    for upstream, downstream in pairwise(chain):
         assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
