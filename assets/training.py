@@ -252,7 +252,7 @@ def _train_temporal(
         )
     graph = _graph(checkpoints)
     temporal = TemporalGraph.load(checkpoints.layout.temporal_graph)
-    model, train = engine_params(config, TemporalParams, TrainParams)
+    model, train = engine_params(config, TemporalParams, TemporalTraining)
     data = temporal.fingerprint() if profiles is None else f"{temporal.fingerprint()}-{profiles.fingerprint()}"
     return _train_tower(
         context,

@@ -206,8 +206,11 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None) -> Meas
         params, train = TemporalParams(), TemporalTraining()
         temporal = build_temporal_graph(graph, user_x, item_x)
         model = TemporalGraphAttention(temporal.user_features, temporal.item_features, params)
-        objective = TemporalObjective(model, graph, temporal, train.batch_size)
-        n_steps = len(chronological_batches(temporal.history_before(VALID).ts, train.batch_size))
+        events = temporal.history_before(VALID).ts
+        # a tree before the step cap (the previous one) cuts the stream at batch_size
+        batch_size = train.events_per_batch(len(events)) if hasattr(train, "events_per_batch") else train.batch_size
+        objective = TemporalObjective(model, graph, temporal, batch_size)
+        n_steps = len(chronological_batches(events, batch_size))
     setup_s = time.perf_counter() - started
 
     if steps is None or steps >= n_steps:
@@ -225,7 +228,7 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None) -> Meas
     return Measurement(
         tree=tree,
         model=model_name,
-        batch_size=train.batch_size,
+        batch_size=batch_size if model_name == "temporal" else train.batch_size,
         lr=train.lr,
         steps_per_epoch=n_steps,
         steps_trained=timed.trained,

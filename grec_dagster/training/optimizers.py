@@ -6,7 +6,10 @@ of both its moment tensors at every step, so a step costs O(nodes) even though t
 at 10M interactions that was most of a GraphSAGE or temporal step. Here:
 
 - a dense gradient gets torch's AdamW update, bit for bit (`torch.optim.adam.adam` with decoupled
-  weight decay, the function `torch.optim.AdamW` calls);
+  weight decay, the function `torch.optim.AdamW` calls), through its multi-tensor (`foreach`)
+  implementation: the same arithmetic as the per-tensor loop `torch.optim.AdamW` runs on a CPU, but
+  one C++ call per operation for all parameters instead of ~10 Python-dispatched calls per
+  parameter (a temporal step has ~20 small parameters, so the loop cost it ~5 ms of ~35);
 - a sparse gradient gets lazy Adam, torch's `SparseAdam` update bit for bit: the gradient is
   coalesced (duplicate rows summed) and only its rows' moments and values change; the step count,
   and with it the bias correction, is the table's (as in `SparseAdam`), not the row's.
@@ -86,6 +89,7 @@ class LazyAdamW(torch.optim.Optimizer):
             eps=group["eps"],
             maximize=False,
             decoupled_weight_decay=True,
+            foreach=True,
         )
 
     def _row_step(self, group: dict[str, Any], param: Tensor) -> None:
@@ -97,16 +101,19 @@ class LazyAdamW(torch.optim.Optimizer):
         if not rows.numel():
             return
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        # The gathered rows are fresh copies, so the arithmetic runs in place on them: the same
+        # operations in the same order as SparseAdam's, without a new rows x dim tensor for each
+        # (at 10M interactions a GraphSAGE step updates ~100K rows; the copies were most of its cost).
         if group["weight_decay"]:
-            param.index_copy_(0, rows, param[rows] * (1 - lr * group["weight_decay"]))
+            param.index_copy_(0, rows, param[rows].mul_(1 - lr * group["weight_decay"]))
         exp_avg = state["exp_avg"][rows]
-        exp_avg = exp_avg + (values - exp_avg) * (1 - beta1)
+        exp_avg.add_((values - exp_avg).mul_(1 - beta1))
         exp_avg_sq = state["exp_avg_sq"][rows]
-        exp_avg_sq = exp_avg_sq + (values.pow(2) - exp_avg_sq) * (1 - beta2)
+        exp_avg_sq.add_(values.pow(2).sub_(exp_avg_sq).mul_(1 - beta2))
         state["exp_avg"].index_copy_(0, rows, exp_avg)
         state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
         step_size = lr * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
-        param.index_add_(0, rows, exp_avg / (exp_avg_sq.sqrt() + eps) * -step_size)
+        param.index_add_(0, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(eps)).mul_(-step_size))
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> LazyAdamW:

@@ -12,13 +12,13 @@ import torch
 from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
 from grec_dagster.evaluation.evaluator import evaluate
 from grec_dagster.graph.features import item_features, user_features
-from grec_dagster.graph.interactions import TEST, TRAIN, InteractionGraph, build_graph
+from grec_dagster.graph.interactions import TEST, TRAIN, VALID, InteractionGraph, build_graph
 from grec_dagster.graph.splits import split_labels
-from grec_dagster.graph.temporal import ITEM, USER, TemporalGraph, build_temporal_graph
+from grec_dagster.graph.temporal import ITEM, USER, TemporalGraph, build_temporal_graph, chronological_batches
 from grec_dagster.models.popularity import broadcast_scores, most_popular, most_popular_recent
 from grec_dagster.models.temporal import TemporalGraphAttention, TemporalParams, TimeEncoding
 from grec_dagster.training.loop import TrainParams
-from grec_dagster.training.train_temporal import train_temporal
+from grec_dagster.training.train_temporal import TemporalTraining, train_temporal
 
 N_USERS, N_ITEMS = 25, 35
 DEEP = TemporalParams(dim=16, time_dim=8, heads=2, neighbors=4, layers=2, dropout=0.0, memory=False)
@@ -230,3 +230,16 @@ def test_memory_trains_as_state_not_as_a_parameter(shop) -> None:
     assert net.memory.gru.weight_hh.grad is not None, "the GRU learns through the pending batch's messages"
     assert not net.memory.state.requires_grad
     assert math.isfinite(float(loss.detach()))
+
+
+def test_an_epoch_is_cut_into_at_most_about_max_steps_batches(shop) -> None:
+    """TGN's 200 events per step until an epoch would pass max_steps steps; then 1/max_steps of the stream."""
+    _, temporal = shop
+    events = temporal.history_before(VALID).ts
+    assert TemporalTraining().events_per_batch(len(events)) == 200
+    assert TemporalTraining().events_per_batch(80_000) == 200  # MovieLens-100K's training events
+    assert TemporalTraining().events_per_batch(8_000_000) == 8_000
+    size = TemporalTraining(max_steps=8).events_per_batch(len(events))
+    assert size == math.ceil(len(events) / 8) > 200
+    steps = len(chronological_batches(events, size))
+    assert 8 <= steps <= 9, steps  # a batch ends early where a cut would split one timestamp

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from grec_dagster.storage import load_tensors
+from grec_dagster.training.determinism import deterministic_kernels
 
 from .determinism_worker import CLOSED_FORM, MODELS, TRAIN
 
@@ -148,3 +149,12 @@ def test_asset_killed_mid_training_resumes_to_the_uninterrupted_checkpoint(tmp_p
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
     assert not list(resumed.glob("checkpoints/lightgcn/state-*")), "the finished run removes its resumable state"
+
+
+def test_deterministic_kernels_skip_the_nan_fill_only_inside_the_block() -> None:
+    """The NaN fill of new tensors is off while training (it changes no result) and restored after."""
+    before = torch.utils.deterministic.fill_uninitialized_memory
+    with deterministic_kernels():
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    assert torch.utils.deterministic.fill_uninitialized_memory is before
