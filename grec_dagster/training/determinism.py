@@ -17,8 +17,8 @@ be deterministic; `warn_only` makes torch warn, not fail, for an op without a de
 Deterministic mode also fills every new uninitialized tensor with NaN by default
 (`torch.utils.deterministic.fill_uninitialized_memory`), so that code reading memory it never wrote
 gives NaN rather than whatever was there. It is turned off inside the block: correct kernels never
-read unwritten memory, so it changes no result, and a temporal-model step allocates ~500 tensors
-whose fill cost ~4% of the step.
+read unwritten memory, so it changes no result, and a temporal-model step allocates hundreds of
+small tensors, each of which it would fill.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ at 10M interactions that was most of a GraphSAGE or temporal step. Here:
   weight decay, the function `torch.optim.AdamW` calls), through its multi-tensor (`foreach`)
   implementation: the same arithmetic as the per-tensor loop `torch.optim.AdamW` runs on a CPU, but
   one C++ call per operation for all parameters instead of ~10 Python-dispatched calls per
-  parameter (a temporal step has ~20 small parameters, so the loop cost it ~5 ms of ~35);
+  parameter (a temporal step has ~20 small parameters);
 - a sparse gradient gets lazy Adam, torch's `SparseAdam` update bit for bit: the gradient is
   coalesced (duplicate rows summed) and only its rows' moments and values change; the step count,
   and with it the bias correction, is the table's (as in `SparseAdam`), not the row's.

@@ -105,8 +105,9 @@ class TemporalTraining(TrainParams):
         first, but on a long log of many nodes a node recurs within a batch less often: the 10M
         synthetic log's batches of 8,000 events repeat a node in 34% of their events, MovieLens-100K's
         batches of 200 in 53%; MovieLens batches of 1,000 (71%) kept the test NDCG@20 within the seed
-        spread, 2,000 (80%) lost 5% (README, "Training cost at scale"). MovieLens-100K's 80K training
-        events stay at batch_size.
+        spread, 2,000 (80%) lost 3% of it and a quarter of the next-interaction MRR
+        (`benchmarks/temporal_batch_quality.py`). MovieLens-100K's 80K training events stay at
+        batch_size.
         """
         return max(self.batch_size, math.ceil(n_events / self.max_steps))
 
