@@ -51,7 +51,7 @@ from grec_dagster.training.train_ease import train_ease
 from grec_dagster.training.train_graphsage import GraphSAGETraining, train_graphsage
 from grec_dagster.training.train_lightgcn import LightGCNTraining, train_lightgcn
 from grec_dagster.training.train_sasrec import SASRecTraining, train_sasrec
-from grec_dagster.training.train_temporal import TemporalTraining, train_temporal
+from grec_dagster.training.train_temporal import TemporalTraining, train_temporal, training_batch_size
 from grec_dagster.training.train_text_tower import mean_profile_facets, train_text_tower
 
 GROUP = "training"
@@ -111,16 +111,20 @@ def _train_tower(
     checkpoints: CheckpointStoreResource,
     mlflow: MlflowResource,
     gpu: GpuResource,
+    derived: dict[str, int | float] | None = None,
 ) -> dg.MaterializeResult:
     """The body every tower's asset shares: train tracked in MLflow with the grokking check running
     along, save, test, report (the watch and the verdict per validation segment included).
 
     `train` takes the run's plumbing (resumable state, epoch callback, device); it must pickle
-    (a `functools.partial` of a `train_*` function) so that `processes > 1` can launch it."""
+    (a `functools.partial` of a `train_*` function) so that `processes > 1` can launch it.
+    `derived`: settings the engine works out from the config and the data (logged and saved with
+    the config, and shown as metadata, so a run says what it actually trained with)."""
     started = time.perf_counter()
     files = checkpoints.layout.model(name)
     state_dir = files.resume_state(data_fingerprint, config.model_dump_json())
-    params = config.model_dump() | {
+    derived = derived or {}
+    params = config.model_dump() | derived | {
         "protocol": graph.protocol,
         "split_seed": graph.seed,
         "n_users": graph.n_users,
@@ -155,6 +159,7 @@ def _train_tower(
             "epochs_run": len(trained.result.history),
             "best_valid_ndcg@20": trained.result.best_metric,
             "seconds_per_epoch": sum(r["seconds"] for r in trained.result.history) / len(trained.result.history),
+            **derived,
             "test": dg.MetadataValue.md(markdown_preview(headline_table(test))),
             **watch,
             **extra,
@@ -264,6 +269,7 @@ def _train_temporal(
         checkpoints,
         mlflow,
         gpu,
+        {"events_per_batch": training_batch_size(temporal, train)},
     )
 
 

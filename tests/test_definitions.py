@@ -61,6 +61,8 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
             metadata = result.asset_materializations_for_node(asset)[0].metadata
             assert {key.removeprefix("grokking.") for key in metadata if key.startswith("grokking.")} >= segments, asset
             assert metadata["watch"].value, asset  # what the grokking watch did, said in every training run
+        temporal = result.asset_materializations_for_node("temporal_checkpoint")[0].metadata
+        assert temporal["events_per_batch"].value == 200  # a short stream keeps TGN's batch: no step cap reached
         fusion = result.asset_materializations_for_node("fusion_checkpoint")[0].metadata
         rows_read = result.asset_materializations_for_node("raw_interactions")[0].metadata["rows_read"].value
         assert set(fusion["towers"].value) == {

@@ -112,6 +112,11 @@ class TemporalTraining(TrainParams):
         return max(self.batch_size, math.ceil(n_events / self.max_steps))
 
 
+def training_batch_size(temporal: TemporalGraph, train: TemporalTraining) -> int:
+    """Events per batch of `train_temporal` on `temporal`: its training stream (TRAIN events) capped at `max_steps`."""
+    return train.events_per_batch(len(temporal.history_before(VALID).ts))
+
+
 def train_temporal(
     graph: InteractionGraph,
     temporal: TemporalGraph,
@@ -131,7 +136,7 @@ def train_temporal(
     train = TemporalTraining.model_validate(train.model_dump())  # plain TrainParams get the default max_steps
     torch.manual_seed(train.seed)
     model = TemporalGraphAttention(temporal.user_features, temporal.item_features, params, profiles)
-    batch_size = train.events_per_batch(len(temporal.history_before(VALID).ts))
+    batch_size = training_batch_size(temporal, train)
     objective = TemporalObjective(model, graph, temporal, batch_size)
     result = fit(model, objective, train, context, description="temporal")
     model.load_state_dict(result.best_state)
