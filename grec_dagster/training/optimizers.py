@@ -102,8 +102,8 @@ class LazyAdamW(torch.optim.Optimizer):
             return
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         # The gathered rows are fresh copies, so the arithmetic runs in place on them: the same
-        # operations in the same order as SparseAdam's, without a new rows x dim tensor for each
-        # (at 10M interactions a GraphSAGE step updates ~100K rows; the copies were most of its cost).
+        # operations in the same order as SparseAdam's, without allocating a new rows x dim tensor
+        # for each (a GraphSAGE step at 10M interactions updates ~100K rows).
         if group["weight_decay"]:
             param.index_copy_(0, rows, param[rows].mul_(1 - lr * group["weight_decay"]))
         exp_avg = state["exp_avg"][rows]
