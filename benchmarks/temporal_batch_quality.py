@@ -34,25 +34,18 @@ from pathlib import Path
 
 import torch
 
-from grec_dagster.graph.interactions import TEST, TRAIN, InteractionGraph
-from grec_dagster.graph.temporal import chronological_batches
+from grec_dagster.graph.interactions import TEST, VALID, InteractionGraph
+from grec_dagster.graph.temporal import TemporalGraph, chronological_batches
 from grec_dagster.layout import CheckpointLayout
 
 
-def repeat_share(users: torch.Tensor, items: torch.Tensor, ts: torch.Tensor, batch_size: int) -> float:
+def repeat_share(stream: TemporalGraph, batch_size: int) -> float:
     """Of the user and item slots of every batch, the share whose node appeared earlier in that batch."""
     repeats = 0
-    for start, end in chronological_batches(ts, batch_size):
-        for nodes in (users[start:end], items[start:end]):
+    for start, end in chronological_batches(stream.ts, batch_size):
+        for nodes in (stream.users[start:end], stream.items[start:end]):
             repeats += (end - start) - int(torch.unique(nodes).numel())
-    return repeats / (2 * len(ts))
-
-
-def training_stream(graph: InteractionGraph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The training events in time order, as the temporal model's epoch replays them."""
-    users, items, ts = graph.edges(TRAIN)
-    order = torch.argsort(ts, stable=True)
-    return users[order], items[order], ts[order]
+    return repeats / (2 * len(stream.ts))
 
 
 def train_one(home: Path, batch_size: int, seed: int) -> dict:
@@ -60,7 +53,6 @@ def train_one(home: Path, batch_size: int, seed: int) -> dict:
     torch.set_num_threads(1)
     from grec_dagster.evaluation.evaluator import evaluate
     from grec_dagster.evaluation.tables import headline_table
-    from grec_dagster.graph.temporal import TemporalGraph
     from grec_dagster.models.temporal import TemporalParams
     from grec_dagster.models.towers import with_cold_start
     from grec_dagster.training.train_temporal import TemporalTraining, train_temporal
@@ -97,17 +89,20 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {deviation:.4f}"
 
 
-def synthetic_stream(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """The training stream of the seeded synthetic shop at `size` interactions (as `bench_gnn_scale.py`)."""
+def synthetic_temporal_graph(size: int) -> TemporalGraph:
+    """The temporal graph of the seeded synthetic shop at `size` interactions (as `bench_gnn_scale.py`)."""
     from grec_dagster.data.synthetic import SyntheticConfig, generate_synthetic
+    from grec_dagster.graph.features import item_features, user_features
     from grec_dagster.graph.interactions import build_graph
     from grec_dagster.graph.splits import split_labels
+    from grec_dagster.graph.temporal import build_temporal_graph
 
     frames = generate_synthetic(SyntheticConfig(n_interactions=size, seed=0)).conformed()
     log = frames.interactions.sort_values(["ts", "source", "source_row"], kind="stable")
     log = log[["user_id", "item_id", "ts"]].reset_index(drop=True)
     graph = build_graph(log, split_labels(log, "temporal"), "temporal")
-    return (*training_stream(graph), graph.n_users + graph.n_items)
+    features = user_features(frames.users, graph.user_ids), item_features(frames.items, graph.item_ids)
+    return build_temporal_graph(graph, *features)
 
 
 def main() -> None:
@@ -123,23 +118,24 @@ def main() -> None:
         print(json.dumps(train_one(Path(args.worker[0]), int(args.worker[1]), int(args.worker[2]))))
         return
 
-    from grec_dagster.training.train_temporal import TemporalTraining
+    from grec_dagster.training.train_temporal import TemporalTraining, training_batch_size
 
     layout = CheckpointLayout(args.home / "checkpoints")
     if not layout.temporal_graph.exists():
         raise SystemExit(f"no temporal graph under {args.home}: run `make results` first")
-    graph = InteractionGraph.load(layout.interaction_graph)
-    stream = training_stream(graph)
-    print(f"{args.home.name}: {len(stream[2]):,} training events, {graph.n_users + graph.n_items:,} nodes")
-    print("in-batch repeat share:", {size: round(repeat_share(*stream, size), 3) for size in args.batches})
+    home = TemporalGraph.load(layout.temporal_graph)
+    stream = home.history_before(VALID)  # the training events, in the order an epoch replays them
+    print(f"{args.home.name}: {len(stream.ts):,} training events, {home.n_users + home.n_items:,} nodes")
+    print("in-batch repeat share:", {size: round(repeat_share(stream, size), 3) for size in args.batches})
     for size in args.synthetic:
-        *synthetic, nodes = synthetic_stream(size)
-        capped = TemporalTraining().events_per_batch(len(synthetic[2]))
-        sizes = sorted({200, capped})
-        shares = {batch: round(repeat_share(*synthetic, batch), 3) for batch in sizes}
+        synthetic = synthetic_temporal_graph(size)
+        synthetic_stream = synthetic.history_before(VALID)
+        capped = training_batch_size(synthetic, TemporalTraining())
+        shares = {batch: round(repeat_share(synthetic_stream, batch), 3) for batch in sorted({200, capped})}
         print(
-            f"synthetic {size:,}: {len(synthetic[2]):,} training events, {nodes:,} nodes; max_steps "
-            f"{TemporalTraining().max_steps} gives batches of {capped:,}; in-batch repeat share: {shares}",
+            f"synthetic {size:,}: {len(synthetic_stream.ts):,} training events, "
+            f"{synthetic.n_users + synthetic.n_items:,} nodes; max_steps {TemporalTraining().max_steps} gives "
+            f"batches of {capped:,}; in-batch repeat share: {shares}",
             flush=True,
         )
 
