@@ -48,7 +48,7 @@ from grec_dagster.training.grokking_wiring import OnlineGrokking
 from grec_dagster.training.launch import TrainFn, launch
 from grec_dagster.training.loop import TrainingContext, TrainParams
 from grec_dagster.training.train_ease import train_ease
-from grec_dagster.training.train_graphsage import GraphSAGETraining, train_graphsage
+from grec_dagster.training.train_graphsage import GraphSAGETraining, pairs_per_batch, train_graphsage
 from grec_dagster.training.train_lightgcn import LightGCNTraining, train_lightgcn
 from grec_dagster.training.train_sasrec import SASRecTraining, train_sasrec
 from grec_dagster.training.train_temporal import TemporalTraining, train_temporal, training_batch_size
@@ -223,7 +223,7 @@ def graphsage_checkpoint(
     with warehouse.connect(read_only=True) as con:
         item_x = item_features(con.execute("SELECT * FROM items").df(), graph.item_ids)
         user_x = user_features(con.execute("SELECT * FROM users").df(), graph.user_ids)
-    model, train = engine_params(config, GraphSAGEParams, TrainParams)
+    model, train = engine_params(config, GraphSAGEParams, GraphSAGETraining)
     return _train_tower(
         context,
         GRAPHSAGE,
@@ -234,6 +234,7 @@ def graphsage_checkpoint(
         checkpoints,
         mlflow,
         gpu,
+        {"pairs_per_batch": pairs_per_batch(graph, train)},
     )
 
 

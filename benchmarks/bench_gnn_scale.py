@@ -3,7 +3,7 @@ model on 100K, 1M and 10M synthetic interactions, every figure measured in the s
 
     python benchmarks/bench_gnn_scale.py [--sizes 1000000 10000000] [--models lightgcn graphsage temporal]
         [--previous 4dbf3ea] [--real-epoch-max 1000000] [--steps 20] [--threads 2]
-        [--rss-limit-gib 20] [--timeout 1800] [--quick]
+        [--rss-limit-gib 20] [--timeout 1800] [--quick] [--graphsage-max-steps 500]
 
 Requirement (issue 16): an epoch at 10M within 10 minutes for each model, at 1M within 15 s
 (LightGCN) and 1 min (temporal), peak RSS at 10M within 20 GB.
@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from previous_tree import ROOT, unpack_previous
+from pydantic import BaseModel
 
 MODELS = ("lightgcn", "graphsage", "temporal")
 SIZES = (1_000_000, 10_000_000)
@@ -117,6 +118,15 @@ def graphsage_sample(graph) -> dict:
     return {"sample_nodes": len(sample.n_id), "sample_edges": sample.edge_index.shape[1]}
 
 
+def capped_batch(train: BaseModel, n_examples: int) -> int:
+    """The batch a tree's settings give an epoch of `n_examples`: its step cap where it has one (6a452e2 and
+    earlier named the temporal one `events_per_batch`), else its batch_size."""
+    for name in ("examples_per_batch", "events_per_batch"):
+        if hasattr(train, name):
+            return getattr(train, name)(n_examples)
+    return train.batch_size
+
+
 @dataclass
 class Measurement:
     tree: str
@@ -163,7 +173,7 @@ class OneEpoch:
         return {"ndcg@20": 0.0}
 
 
-def measure(tree: str, model_name: str, folder: Path, steps: int | None) -> Measurement:
+def measure(tree: str, model_name: str, folder: Path, steps: int | None, graphsage_max_steps: int | None) -> Measurement:
     """One epoch of `model_name` through this process's `grec_dagster` (the tree on PYTHONPATH)."""
     import pandas as pd
     import torch
@@ -196,8 +206,11 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None) -> Meas
         from grec_dagster.training.train_graphsage import GraphSAGETraining, interaction_csr
 
         params, train = GraphSAGEParams(), GraphSAGETraining()
+        if graphsage_max_steps is not None:  # this tree only: the previous one has no step cap
+            train = train.model_copy(update={"max_steps": graphsage_max_steps})
+        batch_size = capped_batch(train, len(graph.pairs(TRAIN)))
         model = GraphSAGE(user_x, item_x, interaction_csr(graph, TRAIN), params)
-        objective = BPRObjective(graph, train.batch_size, GraphSAGE.embed_all, params.negatives)
+        objective = BPRObjective(graph, batch_size, GraphSAGE.embed_all, params.negatives)
         n_steps = len(objective.sampler)
     else:
         from grec_dagster.models.temporal import TemporalGraphAttention, TemporalParams
@@ -208,7 +221,7 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None) -> Meas
         model = TemporalGraphAttention(temporal.user_features, temporal.item_features, params)
         events = temporal.history_before(VALID).ts
         # a tree before the step cap (the previous one) cuts the stream at batch_size
-        batch_size = train.events_per_batch(len(events)) if hasattr(train, "events_per_batch") else train.batch_size
+        batch_size = capped_batch(train, len(events))
         objective = TemporalObjective(model, graph, temporal, batch_size)
         n_steps = len(chronological_batches(events, batch_size))
     setup_s = time.perf_counter() - started
@@ -228,7 +241,7 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None) -> Meas
     return Measurement(
         tree=tree,
         model=model_name,
-        batch_size=batch_size if model_name == "temporal" else train.batch_size,
+        batch_size=train.batch_size if model_name == "lightgcn" else batch_size,
         lr=train.lr,
         steps_per_epoch=n_steps,
         steps_trained=timed.trained,
@@ -315,6 +328,9 @@ def main() -> None:
     parser.add_argument("--rss-limit-gib", type=float, default=20.0, help="kill a child whose RSS passes this")
     parser.add_argument("--timeout", type=float, default=1800.0, help="kill a child running longer (seconds)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 100K, real epochs")
+    parser.add_argument(
+        "--graphsage-max-steps", type=int, help="this tree's GraphSAGE at this step cap (default: none, as shipped)"
+    )
     parser.add_argument("--prepare", nargs=2, metavar=("SIZE", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -323,7 +339,8 @@ def main() -> None:
         return
     if args.measure:
         spec = json.loads(args.measure)
-        print(json.dumps(asdict(measure(spec["tree"], spec["model"], Path(spec["folder"]), spec["steps"]))))
+        measured = measure(spec["tree"], spec["model"], Path(spec["folder"]), spec["steps"], spec["graphsage_max_steps"])
+        print(json.dumps(asdict(measured)))
         return
     if args.quick:
         args.sizes = [100_000]
@@ -358,6 +375,7 @@ def main() -> None:
             for model in args.models:
                 for tree in TREES:
                     spec = {"tree": tree, "model": model, "folder": str(folder), "steps": steps}
+                    spec["graphsage_max_steps"] = args.graphsage_max_steps if tree == "this" else None
                     outcome = spawn(["--measure", json.dumps(spec)], previous if tree == "previous" else None, args)
                     rows[(tree, model, size)] = outcome
                     r = outcome.result

@@ -63,6 +63,8 @@ def test_whole_graph_materializes_on_small_synthetic(grec_home):
             assert metadata["watch"].value, asset  # what the grokking watch did, said in every training run
         temporal = result.asset_materializations_for_node("temporal_checkpoint")[0].metadata
         assert temporal["events_per_batch"].value == 200  # a short stream keeps TGN's batch: no step cap reached
+        graphsage = result.asset_materializations_for_node("graphsage_checkpoint")[0].metadata
+        assert graphsage["pairs_per_batch"].value == 1024  # the configured batch: far below the step cap
         fusion = result.asset_materializations_for_node("fusion_checkpoint")[0].metadata
         rows_read = result.asset_materializations_for_node("raw_interactions")[0].metadata["rows_read"].value
         assert set(fusion["towers"].value) == {

@@ -21,6 +21,7 @@ Progress bars show only on the main process, on a terminal, outside CI.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,28 @@ class TrainParams(BaseModel):
         "validation stalls (see training/watch.py); 0 turns it off. Raise it for nightly retrains.",
     )
     watch_weight_decay: float = Field(default=0.1, ge=0, description="Weight decay while the watch runs.")
+
+
+class StepCappedTraining(TrainParams):
+    """Training whose epoch may be cut into at most `max_steps` steps: past batch_size x max_steps
+    examples, a batch holds 1/max_steps of them.
+
+    For models whose step costs far less than its batch's share of the epoch once the batch grows
+    (fixed per-operation overhead, or a neighbour sample that saturates), so that a long log's epoch
+    is bounded by its step count. Fewer, larger steps per epoch are an optimization change, not a
+    free lunch: each subclass says what the cap cost its model, and defaults it accordingly. Logs
+    below the cap train at batch_size, unchanged.
+    """
+
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Most steps an epoch is cut into; batches grow past it. None: no cap."
+    )
+
+    def examples_per_batch(self, n_examples: int) -> int:
+        """How many of an epoch's `n_examples` a batch holds: batch_size, or 1/max_steps of them if larger."""
+        if self.max_steps is None:
+            return self.batch_size
+        return max(self.batch_size, math.ceil(n_examples / self.max_steps))
 
 
 class Objective(Protocol):

@@ -23,7 +23,7 @@ from grec_dagster.graph.interactions import TRAIN, VALID, InteractionGraph
 from grec_dagster.layout import GRAPHSAGE
 from grec_dagster.models.graphsage import GraphSAGE, GraphSAGEParams
 from grec_dagster.training.embeddings import BPRObjective, TrainedEmbeddings
-from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
+from grec_dagster.training.loop import DEFAULT_CONTEXT, StepCappedTraining, TrainingContext, TrainParams, fit
 
 
 def interaction_csr(graph: InteractionGraph, *splits: int) -> CSR:
@@ -33,8 +33,20 @@ def interaction_csr(graph: InteractionGraph, *splits: int) -> CSR:
     return CSR.from_edges(torch.cat([users, items]), torch.cat([items, users]), graph.n_users + graph.n_items)
 
 
-class GraphSAGETraining(TrainParams):
+class GraphSAGETraining(StepCappedTraining):
+    """No step cap by default: a step costs what its batch's two-hop neighbour sample costs, and on a
+    large graph a batch several times larger samples only a few times more nodes (a batch of 2,048
+    pairs samples 100K of the 10M log's 319K nodes), so `max_steps` would shorten a long log's epoch
+    several times over; but on MovieLens-100K, 5 times fewer, larger steps lost 4-5% of the test
+    NDCG@20, a loss larger than the seed spread, at the default and at a sqrt-scaled learning rate
+    (`benchmarks/batch_quality.py`). Set it where epoch time matters more."""
+
     lr: float = 2e-3
+
+
+def pairs_per_batch(graph: InteractionGraph, train: GraphSAGETraining) -> int:
+    """BPR pairs per batch of `train_graphsage` on `graph`: its distinct TRAIN pairs, capped at `max_steps` steps."""
+    return train.examples_per_batch(len(graph.pairs(TRAIN)))
 
 
 def train_graphsage(
@@ -46,10 +58,12 @@ def train_graphsage(
     context: TrainingContext = DEFAULT_CONTEXT,
 ) -> TrainedEmbeddings:
     """Fit on TRAIN, early-stop on VALID, then embed every node over the TRAIN + VALID graph."""
+    train = GraphSAGETraining.model_validate(train.model_dump())  # plain TrainParams get the default max_steps
     torch.manual_seed(train.seed)
     train_graph = interaction_csr(graph, TRAIN)
     model = GraphSAGE(user_features, item_features, train_graph, params)
-    objective = BPRObjective(graph, train.batch_size, lambda module: module.embed_all(train_graph), params.negatives)
+    batch_size = pairs_per_batch(graph, train)
+    objective = BPRObjective(graph, batch_size, lambda module: module.embed_all(train_graph), params.negatives)
     result = fit(model, objective, train, context, description=GRAPHSAGE)
     model.load_state_dict(result.best_state)
     model.eval()

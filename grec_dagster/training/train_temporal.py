@@ -12,7 +12,6 @@ every batch, so each process's memory would see only its share of the stream.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
@@ -27,7 +26,7 @@ from grec_dagster.models.profile_fusion import ProfileFacets
 from grec_dagster.models.temporal import TemporalGraphAttention, TemporalParams
 from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.embeddings import TrainedEmbeddings
-from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainingContext, TrainParams, fit
+from grec_dagster.training.loop import DEFAULT_CONTEXT, StepCappedTraining, TrainingContext, TrainParams, fit
 
 
 class TemporalObjective:
@@ -82,39 +81,30 @@ def next_interaction_mrr(model: TemporalGraphAttention, temporal: TemporalGraph,
     return float(torch.cat(reciprocal).mean()) if reciprocal else float("nan")
 
 
-class TemporalTraining(TrainParams):
+class TemporalTraining(StepCappedTraining):
+    """Why a cap on steps: the memory forces the stream's batches to run one after another, and on a
+    CPU a small batch's step costs mostly fixed per-operation overhead, so at TGN's 200 events an
+    epoch of 8M events was 40,000 sequential steps (29 minutes on 2 cores). Larger batches make the
+    memory staler, since a node's second event in a batch reads memory from before the first, but
+    on a long log of many nodes a node recurs within a batch less often: the 10M synthetic log's
+    batches of 8,000 events repeat a node in 34% of their events, MovieLens-100K's batches of 200 in
+    53%; MovieLens batches of 1,000 (71%) kept the test NDCG@20 within the seed spread, 2,000 (80%)
+    lost 3% of it and a quarter of the next-interaction MRR (`benchmarks/batch_quality.py`).
+    MovieLens-100K's 80K training events stay at batch_size."""
+
     batch_size: int = Field(
         default=200, description="Events per step (TGN's 200); grown on long streams to keep within `max_steps`."
     )
-    max_steps: int = Field(
-        default=1000,
-        ge=1,
-        description="Most steps an epoch of the event stream is cut into: past batch_size x max_steps training "
-        "events, a batch holds 1/max_steps of them.",
+    max_steps: int | None = Field(
+        default=1000, ge=1, description="Most steps an epoch of the stream is cut into; batches grow past it."
     )
     epochs: int = 30
     patience: int = 5
 
-    def events_per_batch(self, n_events: int) -> int:
-        """How many events a batch of a stream of `n_events` holds.
-
-        Why a cap on steps: the memory forces the stream's batches to run one after another, and on a
-        CPU a small batch's step costs mostly fixed per-operation overhead, so at TGN's 200 events
-        an epoch of 8M events was 40,000 sequential steps (29 minutes on 2 cores). Larger batches
-        make the memory staler, since a node's second event in a batch reads memory from before the
-        first, but on a long log of many nodes a node recurs within a batch less often: the 10M
-        synthetic log's batches of 8,000 events repeat a node in 34% of their events, MovieLens-100K's
-        batches of 200 in 53%; MovieLens batches of 1,000 (71%) kept the test NDCG@20 within the seed
-        spread, 2,000 (80%) lost 3% of it and a quarter of the next-interaction MRR
-        (`benchmarks/temporal_batch_quality.py`). MovieLens-100K's 80K training events stay at
-        batch_size.
-        """
-        return max(self.batch_size, math.ceil(n_events / self.max_steps))
-
 
 def training_batch_size(temporal: TemporalGraph, train: TemporalTraining) -> int:
     """Events per batch of `train_temporal` on `temporal`: its training stream (TRAIN events) capped at `max_steps`."""
-    return train.events_per_batch(len(temporal.history_before(VALID).ts))
+    return train.examples_per_batch(len(temporal.history_before(VALID).ts))
 
 
 def train_temporal(

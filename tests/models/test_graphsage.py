@@ -8,6 +8,7 @@ training never sees them as positives and gives them no id embedding, and only t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -24,9 +25,10 @@ from grec_dagster.graph.samplers import sample_neighbors
 from grec_dagster.graph.splits import split_labels
 from grec_dagster.models.graphsage import GraphSAGE, GraphSAGEParams
 from grec_dagster.models.popularity import broadcast_scores, most_popular
+from grec_dagster.training.bpr import BPRSampler
 from grec_dagster.training.embeddings import TrainedEmbeddings
 from grec_dagster.training.loop import TrainParams
-from grec_dagster.training.train_graphsage import interaction_csr, train_graphsage
+from grec_dagster.training.train_graphsage import GraphSAGETraining, interaction_csr, pairs_per_batch, train_graphsage
 
 PARAMS = GraphSAGEParams(dim=32, fanouts=[10, 5], id_dropout=0.1, dropout=0.0)
 TRAIN_FAST = TrainParams(epochs=20, lr=1e-2, batch_size=1024)
@@ -164,3 +166,15 @@ def test_training_is_seeded_and_shapes_fit_the_graph(shop: Shop) -> None:
     assert torch.equal(first.user_embedding, again.user_embedding)
     assert torch.equal(first.item_embedding, again.item_embedding)
     assert (first.item_embedding - other.item_embedding).abs().max() > 1e-2
+
+
+def test_max_steps_caps_an_epoch_only_when_set(shop: Shop) -> None:
+    """No cap by default, whatever the log; with max_steps, 1/max_steps of the pairs once that beats the batch."""
+    assert pairs_per_batch(shop.graph, GraphSAGETraining()) == GraphSAGETraining().batch_size
+    assert GraphSAGETraining().examples_per_batch(5_607_338) == 2048  # the 10M synthetic log's pairs
+    assert GraphSAGETraining(max_steps=500).examples_per_batch(5_607_338) == 11_215
+    assert GraphSAGETraining(max_steps=500).examples_per_batch(80_000) == 2048  # MovieLens-100K's pairs
+    capped = GraphSAGETraining(batch_size=16, max_steps=3)
+    pairs = shop.graph.pairs(TRAIN)
+    assert pairs_per_batch(shop.graph, capped) == math.ceil(len(pairs) / 3) > 16
+    assert len(BPRSampler(pairs, shop.graph.n_items, pairs_per_batch(shop.graph, capped))) == 3

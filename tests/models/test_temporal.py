@@ -236,10 +236,10 @@ def test_an_epoch_is_cut_into_at_most_about_max_steps_batches(shop) -> None:
     """TGN's 200 events per step until an epoch would pass max_steps steps; then 1/max_steps of the stream."""
     _, temporal = shop
     events = temporal.history_before(VALID).ts
-    assert TemporalTraining().events_per_batch(len(events)) == 200
-    assert TemporalTraining().events_per_batch(80_000) == 200  # MovieLens-100K's training events
-    assert TemporalTraining().events_per_batch(8_000_000) == 8_000
-    size = TemporalTraining(max_steps=8).events_per_batch(len(events))
+    assert TemporalTraining().examples_per_batch(len(events)) == 200
+    assert TemporalTraining().examples_per_batch(80_000) == 200  # MovieLens-100K's training events
+    assert TemporalTraining().examples_per_batch(8_000_000) == 8_000
+    size = TemporalTraining(max_steps=8).examples_per_batch(len(events))
     assert size == math.ceil(len(events) / 8) > 200
     steps = len(chronological_batches(events, size))
     assert 8 <= steps <= 9, steps  # a batch ends early where a cut would split one timestamp
