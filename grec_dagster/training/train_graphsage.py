@@ -58,7 +58,7 @@ def train_graphsage(
     context: TrainingContext = DEFAULT_CONTEXT,
 ) -> TrainedEmbeddings:
     """Fit on TRAIN, early-stop on VALID, then embed every node over the TRAIN + VALID graph."""
-    train = GraphSAGETraining.model_validate(train.model_dump())  # plain TrainParams get the default max_steps
+    train = GraphSAGETraining.model_validate(train.model_dump())  # plain TrainParams get the (unset) max_steps
     torch.manual_seed(train.seed)
     train_graph = interaction_csr(graph, TRAIN)
     model = GraphSAGE(user_features, item_features, train_graph, params)
