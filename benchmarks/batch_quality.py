@@ -74,8 +74,8 @@ def learning_rates(model: str, multiple: int, sqrt_lr: bool) -> list[float | Non
     return [None, default_training(model).lr * multiple**0.5] if sqrt_lr and multiple > 1 else [None]
 
 
-def settings(model: str, batch_size: int, lr: float | None, seed: int) -> dict:
-    """The training settings that differ from `model`'s defaults: the batch, no step cap, the seed."""
+def settings(batch_size: int, lr: float | None, seed: int) -> dict:
+    """The training settings that differ from a model's defaults: the batch, no step cap, the seed, maybe the lr."""
     return {"batch_size": batch_size, "max_steps": 10**9, "seed": seed} | ({} if lr is None else {"lr": lr})
 
 
@@ -208,7 +208,7 @@ def main() -> None:
     if TEMPORAL in args.models:
         print_repeat_shares(args.home, [default_batch(TEMPORAL) * m for m in args.multiples], args.synthetic)
     jobs = [
-        (model, settings(model, default_batch(model) * multiple, lr, seed))
+        (model, settings(default_batch(model) * multiple, lr, seed))
         for model in args.models
         for multiple in args.multiples
         for lr in learning_rates(model, multiple, args.sqrt_lr)

@@ -220,7 +220,6 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None, graphsa
         temporal = build_temporal_graph(graph, user_x, item_x)
         model = TemporalGraphAttention(temporal.user_features, temporal.item_features, params)
         events = temporal.history_before(VALID).ts
-        # a tree before the step cap (the previous one) cuts the stream at batch_size
         batch_size = capped_batch(train, len(events))
         objective = TemporalObjective(model, graph, temporal, batch_size)
         n_steps = len(chronological_batches(events, batch_size))
