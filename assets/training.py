@@ -51,7 +51,7 @@ from grec_dagster.training.train_ease import train_ease
 from grec_dagster.training.train_graphsage import GraphSAGETraining, pairs_per_batch, train_graphsage
 from grec_dagster.training.train_lightgcn import LightGCNTraining, train_lightgcn
 from grec_dagster.training.train_sasrec import SASRecTraining, train_sasrec
-from grec_dagster.training.train_temporal import TemporalTraining, train_temporal, training_batch_size
+from grec_dagster.training.train_temporal import TemporalTraining, events_per_batch, train_temporal
 from grec_dagster.training.train_text_tower import mean_profile_facets, train_text_tower
 
 GROUP = "training"
@@ -270,7 +270,7 @@ def _train_temporal(
         checkpoints,
         mlflow,
         gpu,
-        {"events_per_batch": training_batch_size(temporal, train)},
+        {"events_per_batch": events_per_batch(temporal, train)},
     )
 
 

@@ -47,7 +47,7 @@ from grec_dagster.layout import GRAPHSAGE, TEMPORAL, CheckpointLayout
 from grec_dagster.training.embeddings import TrainedEmbeddings
 from grec_dagster.training.loop import StepCappedTraining
 from grec_dagster.training.train_graphsage import GraphSAGETraining
-from grec_dagster.training.train_temporal import TemporalTraining, training_batch_size
+from grec_dagster.training.train_temporal import TemporalTraining, events_per_batch
 
 MODELS = (TEMPORAL, GRAPHSAGE)
 
@@ -160,7 +160,7 @@ def print_repeat_shares(home: Path, batches: list[int], synthetic_sizes: list[in
     for size in synthetic_sizes:
         synthetic = synthetic_temporal_graph(size)
         synthetic_stream = synthetic.history_before(VALID)
-        capped = training_batch_size(synthetic, TemporalTraining())
+        capped = events_per_batch(synthetic, TemporalTraining())
         shares = {batch: round(repeat_share(synthetic_stream, batch), 3) for batch in sorted({200, capped})}
         print(
             f"synthetic {size:,}: {len(synthetic_stream.ts):,} training events, "

@@ -102,7 +102,7 @@ class TemporalTraining(StepCappedTraining):
     patience: int = 5
 
 
-def training_batch_size(temporal: TemporalGraph, train: TemporalTraining) -> int:
+def events_per_batch(temporal: TemporalGraph, train: TemporalTraining) -> int:
     """Events per batch of `train_temporal` on `temporal`: its training stream (TRAIN events) capped at `max_steps`."""
     return train.examples_per_batch(len(temporal.history_before(VALID).ts))
 
@@ -126,7 +126,7 @@ def train_temporal(
     train = TemporalTraining.model_validate(train.model_dump())  # plain TrainParams get the default max_steps
     torch.manual_seed(train.seed)
     model = TemporalGraphAttention(temporal.user_features, temporal.item_features, params, profiles)
-    batch_size = training_batch_size(temporal, train)
+    batch_size = events_per_batch(temporal, train)
     objective = TemporalObjective(model, graph, temporal, batch_size)
     result = fit(model, objective, train, context, description="temporal")
     model.load_state_dict(result.best_state)
