@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (
-    ("storage", "layout", "grokking", "settings"),
+    ("storage", "layout", "grokking", "settings", "allocator"),
     ("data",),
     ("graph",),
     ("evaluation",),
