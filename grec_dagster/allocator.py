@@ -3,8 +3,8 @@
 glibc's malloc serves every block over 32 MiB (its largest mmap threshold) with a fresh `mmap`, hands
 it back to the kernel on `free`, and trims the heap's top whenever 128 KiB are free there. A temporal
 step at a capped batch allocates and frees dozens of [queries x neighbours x 128] float tensors
-(80 MB each at 8,000 events), so every step faulted fresh zeroed pages in again and spent a third of
-its time in the kernel. With mmap off and the top kept (up to 2 GiB free), freed blocks are reused:
+(80 MB each at 8,000 events), so every step faulted fresh zeroed pages in again, time spent in the
+kernel rather than in torch. With mmap off and the top kept (up to 2 GiB free), freed blocks are reused:
 `benchmarks/bench_gnn_scale.py` measures the gain beside the previous tree. Every number stays the
 same bit for bit: where a block lives does not change what is computed (torch aligns each tensor to
 64 bytes either way). The cost is that a process keeps the heap of its peak until it ends, which a
