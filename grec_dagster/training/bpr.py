@@ -37,12 +37,17 @@ class BPRSampler:
         return self.keys[where] == probe
 
     def negatives(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Each redraw round checks only the draws that clashed in the round before (the others
+        stay valid), in the order a whole-batch check would redraw them, so the generator gives
+        the same items as checking the whole batch every round."""
         items = torch.randint(self.n_items, users.shape, generator=generator)
+        flat_users, flat_items = users.reshape(-1), items.view(-1)
+        pending = torch.arange(len(flat_items))
         for _ in range(MAX_REDRAWS):
-            clash = self._is_positive(users, items)
-            if not bool(clash.any()):
+            pending = pending[self._is_positive(flat_users[pending], flat_items[pending])]
+            if len(pending) == 0:
                 break
-            items[clash] = torch.randint(self.n_items, (int(clash.sum()),), generator=generator)
+            flat_items[pending] = torch.randint(self.n_items, (len(pending),), generator=generator)
         return items
 
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
