@@ -47,4 +47,5 @@ class SymmetricSpMM(torch.autograd.Function):
 
 
 def propagate(adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return SymmetricSpMM.apply(adjacency, x)
+    with torch.autocast(x.device.type, enabled=False):  # sparse CSR products have no bf16 kernel: float32 always
+        return SymmetricSpMM.apply(adjacency, x.float())

@@ -72,18 +72,20 @@ class Shop:
         self.item_text = F.normalize(torch.randn(self.graph.n_items, 32, generator=seeded), dim=1)
 
 
-def embedding_trainers(shop: Shop) -> dict[str, Callable[[TrainingContext], TrainedEmbeddings]]:
+def embedding_trainers(
+    shop: Shop, train: TrainParams = TRAIN
+) -> dict[str, Callable[[TrainingContext], TrainedEmbeddings]]:
     graph = shop.graph
     temporal = TemporalParams(dim=16, neighbors=5)
     return {
-        LIGHTGCN: lambda run: train_lightgcn(graph, LightGCNParams(dim=16), TRAIN, run),
-        GRAPHSAGE: lambda run: train_graphsage(graph, shop.user_x, shop.item_x, GraphSAGEParams(dim=16), TRAIN, run),
-        TEMPORAL: lambda run: train_temporal(graph, shop.temporal, temporal, TRAIN, run),
-        TEMPORAL_PROFILES: lambda run: train_temporal(graph, shop.temporal, temporal, TRAIN, run, shop.profiles),
+        LIGHTGCN: lambda run: train_lightgcn(graph, LightGCNParams(dim=16), train, run),
+        GRAPHSAGE: lambda run: train_graphsage(graph, shop.user_x, shop.item_x, GraphSAGEParams(dim=16), train, run),
+        TEMPORAL: lambda run: train_temporal(graph, shop.temporal, temporal, train, run),
+        TEMPORAL_PROFILES: lambda run: train_temporal(graph, shop.temporal, temporal, train, run, shop.profiles),
         EASE: lambda run: train_ease(graph, EASEParams(), run),
-        SASREC: lambda run: train_sasrec(graph, SASRecParams(dim=16, blocks=1, max_len=20), TRAIN, run),
+        SASREC: lambda run: train_sasrec(graph, SASRecParams(dim=16, blocks=1, max_len=20), train, run),
         TEXT_TOWER: lambda run: train_text_tower(
-            graph, shop.item_text, None, TextTowerParams(dim=16, hidden=32), TRAIN, run
+            graph, shop.item_text, None, TextTowerParams(dim=16, hidden=32), train, run
         ),
     }
 
