@@ -1,10 +1,11 @@
-"""What a larger batch costs the two models whose epochs `max_steps` caps on long logs: MovieLens-100K
-quality per batch size for the temporal model and GraphSAGE, and how stale each batch size leaves
-the temporal memory on MovieLens and on long synthetic logs.
+"""What a faster training setting costs in quality: MovieLens-100K quality per batch size for the two
+models whose epochs `max_steps` caps on long logs (the temporal model and GraphSAGE), how stale each
+batch size leaves the temporal memory on MovieLens and on long synthetic logs, and any of those
+towers or the text tower trained under bf16 autocast (`--precisions`).
 
     python benchmarks/batch_quality.py [--home .grec/results/movielens-100k-temporal]
-        [--models temporal graphsage] [--multiples 1 5 10] [--sqrt-lr] [--seeds 0 1 2]
-        [--synthetic 1000000 10000000] [--parallel 2]
+        [--models temporal graphsage text_tower] [--multiples 1 5 10] [--sqrt-lr] [--seeds 0 1 2]
+        [--precisions float32 bfloat16] [--synthetic 1000000 10000000] [--parallel 2]
 
 Why: `TemporalTraining.max_steps` and `GraphSAGETraining.max_steps` grow a long log's batches so
 that an epoch has a bounded number of steps (the temporal stream's batches run one after another;
@@ -20,7 +21,9 @@ by side:
   trained as its asset trains it, on the interaction and temporal graphs a materialized home holds
   (`make results` writes them), with every other setting at its default;
 - the in-batch repeat share of the temporal stream at each batch size: of a batch's user and item
-  slots, the share whose node already appeared earlier in the same batch (what the memory misses).
+  slots, the share whose node already appeared earlier in the same batch (what the memory misses);
+- with `--precisions float32 bfloat16`, each of those settings in both precisions (`precision`, a
+  training setting of every tower: bf16 matmuls in the training forward passes).
 
 Each training runs in its own process at one torch thread, `--parallel` at a time, so every figure
 comes from the same thread count (a thread count changes a run's floats, and with them its
@@ -43,13 +46,14 @@ import torch
 
 from grec_dagster.graph.interactions import TEST, VALID, InteractionGraph
 from grec_dagster.graph.temporal import TemporalGraph, chronological_batches
-from grec_dagster.layout import GRAPHSAGE, TEMPORAL, CheckpointLayout
+from grec_dagster.layout import GRAPHSAGE, TEMPORAL, TEXT_TOWER, CheckpointLayout
 from grec_dagster.training.embeddings import TrainedEmbeddings
-from grec_dagster.training.loop import StepCappedTraining
+from grec_dagster.training.loop import StepCappedTraining, TrainParams
 from grec_dagster.training.train_graphsage import GraphSAGETraining
 from grec_dagster.training.train_temporal import TemporalTraining, events_per_batch
 
-MODELS = (TEMPORAL, GRAPHSAGE)
+MODELS = (TEMPORAL, GRAPHSAGE, TEXT_TOWER)
+PRECISIONS = ("float32", "bfloat16")
 
 
 def repeat_share(stream: TemporalGraph, batch_size: int) -> float:
@@ -61,8 +65,8 @@ def repeat_share(stream: TemporalGraph, batch_size: int) -> float:
     return repeats / (2 * len(stream.ts))
 
 
-def default_training(model: str) -> StepCappedTraining:
-    return (TemporalTraining if model == TEMPORAL else GraphSAGETraining)()
+def default_training(model: str) -> TrainParams:
+    return {TEMPORAL: TemporalTraining, GRAPHSAGE: GraphSAGETraining}.get(model, TrainParams)()
 
 
 def default_batch(model: str) -> int:
@@ -74,9 +78,13 @@ def learning_rates(model: str, multiple: int, sqrt_lr: bool) -> list[float | Non
     return [None, default_training(model).lr * multiple**0.5] if sqrt_lr and multiple > 1 else [None]
 
 
-def settings(batch_size: int, lr: float | None, seed: int) -> dict:
-    """The training settings that differ from a model's defaults: the batch, no step cap, the seed, maybe the lr."""
-    return {"batch_size": batch_size, "max_steps": 10**9, "seed": seed} | ({} if lr is None else {"lr": lr})
+def settings(model: str, batch_size: int, lr: float | None, seed: int, precision: str) -> dict:
+    """The training settings that differ from a model's defaults: the batch (and no step cap where the
+    model has one), the seed, the precision, maybe the lr."""
+    uncapped = {"max_steps": 10**9} if isinstance(default_training(model), StepCappedTraining) else {}
+    return (
+        {"batch_size": batch_size, "seed": seed, "precision": precision} | uncapped | ({} if lr is None else {"lr": lr})
+    )
 
 
 def train(model: str, home: Path, graph: InteractionGraph, spec: dict) -> TrainedEmbeddings:
@@ -88,6 +96,16 @@ def train(model: str, home: Path, graph: InteractionGraph, spec: dict) -> Traine
 
         temporal = TemporalGraph.load(layout.temporal_graph)
         return train_temporal(graph, temporal, TemporalParams(), TemporalTraining(**spec))
+    if model == TEXT_TOWER:
+        from grec_dagster.models.text_tower import TextTowerParams
+        from grec_dagster.storage import load_tensors
+        from grec_dagster.training.train_text_tower import mean_profile_facets, train_text_tower
+
+        item_text = load_tensors(layout.item_text_embeddings)[0]["item_text"]
+        profile_text, profile_from = mean_profile_facets(layout.profile_embeddings)
+        return train_text_tower(
+            graph, item_text, profile_text, TextTowerParams(), TrainParams(**spec), profile_from=profile_from
+        )
     from grec_dagster.graph.features import item_features, user_features
     from grec_dagster.models.graphsage import GraphSAGEParams
     from grec_dagster.training.train_graphsage import train_graphsage
@@ -113,6 +131,7 @@ def train_one(model: str, home: Path, spec: dict) -> dict:
         "model": model,
         "batch_size": spec["batch_size"],
         "lr": spec.get("lr"),
+        "precision": spec["precision"],
         "seed": spec["seed"],
         "ndcg@20": float(test["ndcg@20"].iloc[0]),
         "next_interaction_mrr": trained.result.extra.get("next_interaction_mrr", float("nan")),
@@ -170,15 +189,24 @@ def print_repeat_shares(home: Path, batches: list[int], synthetic_sizes: list[in
         )
 
 
+def setting(run: dict) -> tuple[int, float, str]:
+    """What a run's row in the table is keyed by: its batch, learning rate (0: the default) and precision."""
+    return run["batch_size"], run["lr"] or 0.0, run["precision"]
+
+
 def print_table(model: str, runs: list[dict], home: Path, seeds: list[int]) -> None:
     print(f"\n## {model} per batch size, {home.name}, seeds {seeds}, one thread per run\n")
-    print("| per batch | lr | test NDCG@20 | next-interaction MRR | epochs run | best epoch | s / epoch | s in all |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for batch, lr in sorted({(run["batch_size"], run["lr"] or 0.0) for run in runs}):
-        mine = [run for run in runs if (run["batch_size"], run["lr"] or 0.0) == (batch, lr)]
+    print(
+        "| per batch | lr | precision | test NDCG@20 | next-interaction MRR | epochs run | best epoch | s / epoch"
+        " | s in all |"
+    )
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for batch, lr, precision in sorted({setting(run) for run in runs}):
+        mine = [run for run in runs if setting(run) == (batch, lr, precision)]
         mrr = spread([r["next_interaction_mrr"] for r in mine]) if model == TEMPORAL else "-"
         print(
-            f"| {batch:,} | {f'{lr:.3g}' if lr else 'default'} | {spread([r['ndcg@20'] for r in mine])} | {mrr}"
+            f"| {batch:,} | {f'{lr:.3g}' if lr else 'default'} | {precision} | {spread([r['ndcg@20'] for r in mine])}"
+            f" | {mrr}"
             f" | {statistics.mean(r['epochs'] for r in mine):.1f}"
             f" | {statistics.mean(r['best_epoch'] for r in mine):.1f}"
             f" | {statistics.mean(r['seconds_per_epoch'] for r in mine):.1f}"
@@ -189,10 +217,11 @@ def print_table(model: str, runs: list[dict], home: Path, seeds: list[int]) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path(".grec/results/movielens-100k-temporal"))
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=[TEMPORAL, GRAPHSAGE])
     parser.add_argument("--multiples", type=int, nargs="+", default=[1, 5, 10], help="of each model's default batch")
     parser.add_argument("--sqrt-lr", action="store_true", help="also train larger batches at lr x sqrt(multiple)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["float32"])
     parser.add_argument("--synthetic", type=int, nargs="*", default=[1_000_000, 10_000_000])
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time, one thread each")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -208,11 +237,12 @@ def main() -> None:
     if TEMPORAL in args.models:
         print_repeat_shares(args.home, [default_batch(TEMPORAL) * m for m in args.multiples], args.synthetic)
     jobs = [
-        (model, settings(default_batch(model) * multiple, lr, seed))
+        (model, settings(model, default_batch(model) * multiple, lr, seed, precision))
         for model in args.models
         for multiple in args.multiples
         for lr in learning_rates(model, multiple, args.sqrt_lr)
         for seed in args.seeds
+        for precision in args.precisions  # innermost: a seed's precisions run side by side, under the same load
     ]
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(lambda job: spawn(job[0], args.home, job[1]), jobs))
