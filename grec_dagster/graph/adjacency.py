@@ -47,5 +47,5 @@ class SymmetricSpMM(torch.autograd.Function):
 
 
 def propagate(adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    with torch.autocast(x.device.type, enabled=False):  # sparse CSR products have no bf16 kernel: float32 always
-        return SymmetricSpMM.apply(adjacency, x.float())
+    with torch.autocast(x.device.type, enabled=False):  # sparse CSR products have no bf16 kernel: x's own dtype
+        return SymmetricSpMM.apply(adjacency, x)
