@@ -13,11 +13,14 @@ from torch import nn
 
 from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainParams, fit
 
-from .determinism_worker import CLOSED_FORM, FUSION, TRAIN, Shop, embedding_trainers
-from .determinism_worker import MODELS as TRAINED_MODELS
+from .determinism_worker import CLOSED_FORM, FUSION, MODELS, TRAIN, Shop, embedding_trainers
 
-SHOP = Shop()
-TRAINED = [model for model in TRAINED_MODELS if model != FUSION]
+TRAINED_TOWERS = [model for model in MODELS if model not in (*CLOSED_FORM, FUSION)]
+
+
+@pytest.fixture(scope="module")
+def shop() -> Shop:
+    return Shop()
 
 
 class Recorder(nn.Module):
@@ -69,12 +72,12 @@ def test_float32_is_the_default() -> None:
     assert TrainParams().precision == "float32"
 
 
-@pytest.mark.parametrize("model", [model for model in TRAINED if model not in CLOSED_FORM])
-def test_every_tower_trains_under_bf16_autocast(model: str) -> None:
+@pytest.mark.parametrize("model", TRAINED_TOWERS)
+def test_every_tower_trains_under_bf16_autocast(shop: Shop, model: str) -> None:
     """Each tower's own operations (sparse products, attention, scatter) run under the autocast, and
     what comes out stays float32 and finite."""
     bf16 = TRAIN.model_copy(update={"epochs": 2, "patience": 2, "precision": "bfloat16"})
-    trained = embedding_trainers(SHOP, bf16)[model](DEFAULT_CONTEXT)
+    trained = embedding_trainers(shop, bf16)[model](DEFAULT_CONTEXT)
 
     assert trained.user_embedding.dtype == trained.item_embedding.dtype == torch.float32
     assert torch.isfinite(trained.user_embedding).all() and torch.isfinite(trained.item_embedding).all()
