@@ -69,8 +69,9 @@ class GraphSAGE(nn.Module):
     def inputs(self, nodes: Tensor) -> Tensor:
         """h^{(0)} of `nodes`: projected features plus, where allowed, the id embedding."""
         is_user = nodes < self.n_users
-        h = torch.empty(len(nodes), self.params.dim, device=nodes.device)  # float32, also where autocast runs the
-        h[is_user] = self.user_projection(self.user_features[nodes[is_user]]).to(h.dtype)  # projections in bf16
+        # h stays float32 where bf16 autocast runs the projections (index_put wants one dtype)
+        h = torch.empty(len(nodes), self.params.dim, device=nodes.device)
+        h[is_user] = self.user_projection(self.user_features[nodes[is_user]]).to(h.dtype)
         h[~is_user] = self.item_projection(self.item_features[nodes[~is_user] - self.n_users]).to(h.dtype)
         use_id = self.has_id[nodes]
         if self.training and self.params.id_dropout > 0:
