@@ -114,14 +114,15 @@ def run_embeddings(shop: Shop, name: str, context: TrainingContext) -> dict:
     return record(trained.result, tensors, test_metrics(shop.graph, trained.score, name))
 
 
-def run_fusion(shop: Shop, context: TrainingContext, scratch: Path) -> dict:
-    """Static and gated fusion of popularity and a LightGCN trained here (its checkpoint in `scratch`)."""
+def run_fusion(shop: Shop, context: TrainingContext, scratch: Path, train: TrainParams = TRAIN) -> dict:
+    """Static and gated fusion of popularity and a LightGCN trained here (its checkpoint in `scratch`);
+    `train` is the fusion's training (the LightGCN's is always TRAIN)."""
     graph = shop.graph
     checkpoint = scratch / "lightgcn_for_fusion.safetensors"
     save_embeddings(checkpoint, embedding_trainers(shop)[LIGHTGCN](TrainingContext()), {})
     towers = {LIGHTGCN: checkpoint}
     trained = train_fusion(
-        graph, tower_inputs(graph, towers, VALID, popularity=True), FusionParams(hidden=8), TRAIN, [], context
+        graph, tower_inputs(graph, towers, VALID, popularity=True), FusionParams(hidden=8), train, [], context
     )
     at_test = tower_inputs(graph, towers, TEST, popularity=True)
     test = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +14,10 @@ from torch import nn
 
 from grec_dagster.training.loop import DEFAULT_CONTEXT, TrainParams, fit
 
-from .determinism_worker import CLOSED_FORM, FUSION, MODELS, TRAIN, Shop, embedding_trainers
+from .determinism_worker import CLOSED_FORM, FUSION, MODELS, TRAIN, Shop, embedding_trainers, run_fusion
 
 TRAINED_TOWERS = [model for model in MODELS if model not in (*CLOSED_FORM, FUSION)]
+BF16 = TRAIN.model_copy(update={"epochs": 2, "patience": 2, "precision": "bfloat16"})
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +78,15 @@ def test_float32_is_the_default() -> None:
 def test_every_tower_trains_under_bf16_autocast(shop: Shop, model: str) -> None:
     """Each tower's own operations (sparse products, attention, scatter) run under the autocast, and
     what comes out stays float32 and finite."""
-    bf16 = TRAIN.model_copy(update={"epochs": 2, "patience": 2, "precision": "bfloat16"})
-    trained = embedding_trainers(shop, bf16)[model](DEFAULT_CONTEXT)
+    trained = embedding_trainers(shop, BF16)[model](DEFAULT_CONTEXT)
 
     assert trained.user_embedding.dtype == trained.item_embedding.dtype == torch.float32
     assert torch.isfinite(trained.user_embedding).all() and torch.isfinite(trained.item_embedding).all()
     assert all(math.isfinite(record["train_loss"]) for record in trained.result.history)
+
+
+def test_the_fusion_trains_under_bf16_autocast(shop: Shop, tmp_path: Path) -> None:
+    fused = run_fusion(shop, DEFAULT_CONTEXT, tmp_path, BF16)
+
+    assert all(math.isfinite(record["train_loss"]) for record in fused["history"])
+    assert fused["test"] and all(math.isfinite(value) for value in fused["test"].values())
