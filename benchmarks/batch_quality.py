@@ -40,6 +40,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import get_args
 
 import duckdb
 import torch
@@ -48,12 +49,11 @@ from grec_dagster.graph.interactions import TEST, VALID, InteractionGraph
 from grec_dagster.graph.temporal import TemporalGraph, chronological_batches
 from grec_dagster.layout import GRAPHSAGE, TEMPORAL, TEXT_TOWER, CheckpointLayout
 from grec_dagster.training.embeddings import TrainedEmbeddings
-from grec_dagster.training.loop import StepCappedTraining, TrainParams
+from grec_dagster.training.loop import Precision, StepCappedTraining, TrainParams
 from grec_dagster.training.train_graphsage import GraphSAGETraining
 from grec_dagster.training.train_temporal import TemporalTraining, events_per_batch
 
 MODELS = (TEMPORAL, GRAPHSAGE, TEXT_TOWER)
-PRECISIONS = ("float32", "bfloat16")
 
 
 def repeat_share(stream: TemporalGraph, batch_size: int) -> float:
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--multiples", type=int, nargs="+", default=[1, 5, 10], help="of each model's default batch")
     parser.add_argument("--sqrt-lr", action="store_true", help="also train larger batches at lr x sqrt(multiple)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["float32"])
+    parser.add_argument("--precisions", nargs="+", choices=get_args(Precision), default=["float32"])
     parser.add_argument("--synthetic", type=int, nargs="*", default=[1_000_000, 10_000_000])
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time, one thread each")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)

@@ -4,7 +4,8 @@ Every number is the pipeline's own: each run is a plain `dagster asset materiali
 in a GREC_HOME of its own under `<GREC_HOME>/results/`, sharing the fetched MovieLens-100K files, on
 the asset defaults, and the evaluation report's table is read back from its warehouse. The runs use
 `make demo`'s executor (`configs/demo.yaml`: two steps at a time, two trainings in the `gpu` pool),
-which gives every step the same bits as one step at a time, in less wall time. Every model is reported as mean ± std over seeds:
+which gives every step the same bits as one step at a time, in less wall time. Every model is
+reported as mean ± std over seeds:
 
 - temporal split (one split): the whole graph once (profiles included), then every training asset
   and the fusion again for each initialization seed, so the LLM profiles are written once;

@@ -42,6 +42,9 @@ from grec_dagster.training.determinism import deterministic_kernels
 from grec_dagster.training.optimizers import build_optimizer
 from grec_dagster.training.watch import WatchState, watch_allows, watch_summary
 
+Precision = Literal["float32", "bfloat16"]
+"""How a training step's forward pass computes: float32, or under bf16 autocast."""
+
 
 class TrainParams(BaseModel):
     epochs: int = Field(default=300, description="Upper bound on epochs.")
@@ -58,7 +61,7 @@ class TrainParams(BaseModel):
         "validation stalls (see training/watch.py); 0 turns it off. Raise it for nightly retrains.",
     )
     watch_weight_decay: float = Field(default=0.1, ge=0, description="Weight decay while the watch runs.")
-    precision: Literal["float32", "bfloat16"] = Field(
+    precision: Precision = Field(
         default="float32",
         description="Training forward passes in float32, or under bfloat16 autocast (matmuls in bf16, weights, "
         "optimizer and validation in float32): faster where the CPU or GPU has bf16 units, and different numbers.",
