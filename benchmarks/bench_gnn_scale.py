@@ -3,7 +3,7 @@ model on 100K, 1M and 10M synthetic interactions, every figure measured in the s
 
     python benchmarks/bench_gnn_scale.py [--sizes 1000000 10000000] [--models lightgcn graphsage temporal]
         [--previous 4dbf3ea] [--real-epoch-max 1000000] [--steps 20] [--threads 2]
-        [--rss-limit-gib 20] [--timeout 1800] [--quick] [--graphsage-max-steps 500]
+        [--rss-limit-gib 20] [--timeout 1800] [--quick] [--graphsage-max-steps 500] [--processes 1 2]
 
 Requirement (issue 16): an epoch at 10M within 10 minutes for each model, at 1M within 15 s
 (LightGCN) and 1 min (temporal), peak RSS at 10M within 20 GB.
@@ -30,8 +30,16 @@ Validation is replaced by a constant, so the epoch is training only.
   earlier neighbors), so its trained batches are spread evenly over the epoch, each with the memory
   of the previous trained one. Extrapolated figures are marked `*`.
 
-The parent watches each child's RSS and kills it past `--rss-limit-gib` or `--timeout`, and reports
-that instead of crashing the machine.
+With `--processes 1 2`, this tree's DDP-capable models (LightGCN, GraphSAGE) also train their epoch
+in 2 processes, as `processes: 2` in a training asset's config trains them: `fit` under `torchrun`
+(gloo on the CPU), every process drawing the same batches and training on its share of each, the
+`--threads` split evenly between the processes. The child is `torchrun` itself, so `launch`'s
+pickling and epoch relay are left out; they cost nothing per step. Peak RSS is then the sum of the
+processes' peaks, each holding its own copy of the graph. The temporal model with memory follows
+one event stream and refuses more than one process, so it runs in one only.
+
+The parent watches each child's RSS (with its descendants) and kills it past `--rss-limit-gib` or
+`--timeout`, and reports that instead of crashing the machine.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from previous_tree import ROOT, unpack_previous
 from pydantic import BaseModel
 
 MODELS = ("lightgcn", "graphsage", "temporal")
+DDP_MODELS = ("lightgcn", "graphsage")
 SIZES = (1_000_000, 10_000_000)
 TREES = ("previous", "this")
 SEED = 0
@@ -139,6 +148,7 @@ class Measurement:
     extrapolated: bool
     setup_s: float
     peak_rss_gib: float
+    processes: int
 
 
 class OneEpoch:
@@ -233,6 +243,7 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None, graphsa
         positions = set(range(steps))
     timed = OneEpoch(objective, positions)
     result = fit(model, timed, train.model_copy(update={"epochs": 1}), description=f"{tree} {model_name}")
+    processes, peak_rss_gib = _peaks_over_processes()
     seconds = result.history[0]["seconds"]
     if positions is not None:  # the dropped batches' drawing is not a trained step's cost
         per_step = (seconds - timed.first_batch_s - timed.dropped_s) / timed.trained
@@ -247,8 +258,20 @@ def measure(tree: str, model_name: str, folder: Path, steps: int | None, graphsa
         epoch_s=seconds,
         extrapolated=positions is not None,
         setup_s=setup_s,
-        peak_rss_gib=_peak_gib(),
+        peak_rss_gib=peak_rss_gib,
+        processes=processes,
     )
+
+
+def _peaks_over_processes() -> tuple[int, float]:
+    """How many processes trained (under torchrun, `fit` ran DDP) and the sum of their peak RSS."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return 1, _peak_gib()
+    from accelerate.utils import gather_object
+
+    return dist.get_world_size(), sum(gather_object([_peak_gib()]))
 
 
 # --- the parent: unpack the previous tree, spawn, watch, tabulate -------------------------------
@@ -262,10 +285,15 @@ class Outcome:
     watched_peak_gib: float
 
 
-def spawn(args: list[str], pythonpath: Path | None, limits: argparse.Namespace) -> Outcome:
-    """Run a child, polling its RSS; kill it past the RSS limit or the timeout."""
+def spawn(args: list[str], pythonpath: Path | None, limits: argparse.Namespace, processes: int = 1) -> Outcome:
+    """Run a child (under torchrun in `processes` DDP processes, sharing the threads), polling its
+    RSS with its descendants'; kill it past the RSS limit or the timeout."""
     command = [sys.executable, str(Path(__file__).resolve()), *args]
-    env = os.environ | {"BENCH_THREADS": str(limits.threads), "OMP_NUM_THREADS": str(limits.threads)}
+    if processes > 1:
+        torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes))
+        command = [*torchrun, *command[1:]]
+    threads = str(max(1, limits.threads // processes))
+    env = os.environ | {"BENCH_THREADS": threads, "OMP_NUM_THREADS": threads}
     env["OMP_WAIT_POLICY"] = "PASSIVE"  # spinning OpenMP threads made 2-thread steps 30-70x slower under load
     env["PYTHONPATH"] = os.pathsep.join(str(path) for path in (pythonpath, ROOT) if path is not None)
     started = time.perf_counter()
@@ -273,10 +301,7 @@ def spawn(args: list[str], pythonpath: Path | None, limits: argparse.Namespace) 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
         while child.poll() is None:
-            try:
-                rss = _status_kib("VmRSS", child.pid) * 1024 / GIB
-            except (FileNotFoundError, KeyError, ProcessLookupError):
-                rss = 0.0
+            rss = _tree_rss_kib(child.pid) * 1024 / GIB
             peak = max(peak, rss)
             if rss > limits.rss_limit_gib:
                 error = f"killed: RSS {rss:.1f} GiB > limit {limits.rss_limit_gib} GiB"
@@ -295,6 +320,16 @@ def spawn(args: list[str], pythonpath: Path | None, limits: argparse.Namespace) 
         error = f"exit {child.returncode}: {stderr.strip()[-2000:]}"
     result = json.loads(stdout.strip().splitlines()[-1]) if error is None else None
     return Outcome(result, error, wall, peak)
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """RSS of `pid` and its descendants (torchrun's workers), 0 for any that already exited."""
+    try:
+        rss = _status_kib("VmRSS", pid)
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (FileNotFoundError, KeyError, ProcessLookupError):
+        return 0
+    return rss + sum(_tree_rss_kib(int(child)) for child in children)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -330,6 +365,13 @@ def main() -> None:
     parser.add_argument(
         "--graphsage-max-steps", type=int, help="this tree's GraphSAGE at this step cap (default: none, as shipped)"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help=f"this tree's {' and '.join(DDP_MODELS)} also in these many DDP processes (1: in-process, as shipped)",
+    )
     parser.add_argument("--prepare", nargs=2, metavar=("SIZE", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -339,7 +381,8 @@ def main() -> None:
     if args.measure:
         spec = json.loads(args.measure)
         measured = measure(spec["tree"], spec["model"], Path(spec["folder"]), spec["steps"], spec["graphsage_max_steps"])
-        print(json.dumps(asdict(measured)))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the parent
+            print(json.dumps(asdict(measured)))
         return
     if args.quick:
         args.sizes = [100_000]
@@ -352,7 +395,7 @@ def main() -> None:
         f"  one epoch through each tree's `fit` with its own defaults, validation skipped; real up to"
         f" {args.real_epoch_max:,} interactions, above that {args.steps} steps extrapolated (*)"
     )
-    rows: dict[tuple[str, str, int], Outcome] = {}
+    rows: dict[tuple[str, str, int, int], Outcome] = {}
     with tempfile.TemporaryDirectory(prefix="bench_gnn_scale_") as scratch:
         previous = unpack_previous(args.previous, Path(scratch))
         for size in args.sizes:
@@ -372,17 +415,22 @@ def main() -> None:
             )
             steps = None if size <= args.real_epoch_max else args.steps
             for model in args.models:
-                for tree in TREES:
+                for tree, processes in runs(model, args.processes):
                     spec = {"tree": tree, "model": model, "folder": str(folder), "steps": steps}
                     spec["graphsage_max_steps"] = args.graphsage_max_steps if tree == "this" else None
-                    outcome = spawn(["--measure", json.dumps(spec)], previous if tree == "previous" else None, args)
-                    rows[(tree, model, size)] = outcome
+                    pythonpath = previous if tree == "previous" else None
+                    outcome = spawn(["--measure", json.dumps(spec)], pythonpath, args, processes)
+                    rows[(tree, model, size, processes)] = outcome
                     r = outcome.result
+                    if r is not None and r["processes"] != processes:  # fit ran without (or with other) DDP
+                        outcome.result, outcome.error = None, f"trained in {r['processes']} process(es)"
+                        r = None
+                    label = f"{tree:8} {model}" + (f" x{processes} processes" if processes > 1 else "")
                     if r is None:
-                        print(f"   {tree:8} {model}: FAILED after {outcome.wall_s:.0f} s ({outcome.error})", flush=True)
+                        print(f"   {label}: FAILED after {outcome.wall_s:.0f} s ({outcome.error})", flush=True)
                         continue
                     print(
-                        f"   {tree:8} {model}: batch {r['batch_size']}, lr {r['lr']:g}, {r['steps_per_epoch']:,}"
+                        f"   {label}: batch {r['batch_size']}, lr {r['lr']:g}, {r['steps_per_epoch']:,}"
                         f" steps/epoch, {r['steps_trained']} trained -> epoch {_fmt_s(r['epoch_s'])}"
                         f"{'*' if r['extrapolated'] else ' (real)'}; setup {r['setup_s']:.1f} s;"
                         f" peak RSS {r['peak_rss_gib']:.2f} GiB; load {load_average()}",
@@ -390,6 +438,22 @@ def main() -> None:
                     )
             shutil.rmtree(folder)
     print_table(args, rows)
+    print_process_table(args, rows)
+
+
+def runs(model: str, process_counts: list[int]) -> list[tuple[str, int]]:
+    """(tree, processes) to measure `model` with: both trees in one process, then this tree in each
+    other process count if the model trains under DDP."""
+    more = sorted({count for count in process_counts if count > 1}) if model in DDP_MODELS else []
+    return [(tree, 1) for tree in TREES] + [("this", count) for count in more]
+
+
+def _cell(outcome: Outcome | None) -> tuple[str, float | None]:
+    """A table cell (epoch, peak RSS) and the epoch seconds, or why there are none."""
+    if outcome is None or outcome.result is None:
+        return ("failed" if outcome is None else f"{outcome.error[:60]}"), None
+    r = outcome.result
+    return f"{_fmt_s(r['epoch_s'])}{'*' if r['extrapolated'] else ''}, {r['peak_rss_gib']:.2f} GiB", r["epoch_s"]
 
 
 def print_table(args: argparse.Namespace, rows: dict[tuple[str, str, int], Outcome]) -> None:
@@ -398,17 +462,9 @@ def print_table(args: argparse.Namespace, rows: dict[tuple[str, str, int], Outco
     print("|---|---:|---:|---:|---:|")
     for model in args.models:
         for size in args.sizes:
-            cells, epochs = [], []
-            for tree in TREES:
-                outcome = rows.get((tree, model, size))
-                if outcome is None or outcome.result is None:
-                    cells.append("failed" if outcome is None else f"{outcome.error[:60]}")
-                    continue
-                r = outcome.result
-                cells.append(f"{_fmt_s(r['epoch_s'])}{'*' if r['extrapolated'] else ''}, {r['peak_rss_gib']:.2f} GiB")
-                epochs.append(r["epoch_s"])
-            ratio = f"x{epochs[0] / epochs[1]:.1f}" if len(epochs) == 2 else "-"
-            print(f"| {model} | {_size_label(size)} | {cells[0]} | {cells[1]} | {ratio} |")
+            (previous, previous_s), (this, this_s) = (_cell(rows.get((tree, model, size, 1))) for tree in TREES)
+            ratio = f"x{previous_s / this_s:.1f}" if previous_s and this_s else "-"
+            print(f"| {model} | {_size_label(size)} | {previous} | {this} | {ratio} |")
     print(
         "\n\\* extrapolated: time to the first batch + trained steps' time (drawing and training) x steps/epoch"
         " / steps trained."
@@ -416,6 +472,24 @@ def print_table(args: argparse.Namespace, rows: dict[tuple[str, str, int], Outco
     )
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         print(f"  ! load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: wall times include contention")
+
+
+def print_process_table(args: argparse.Namespace, rows: dict[tuple[str, str, int, int], Outcome]) -> None:
+    """This tree's DDP-capable models in one process beside each other process count (`--processes`)."""
+    counts = sorted({count for count in args.processes if count > 1})
+    models = [model for model in args.models if model in DDP_MODELS]
+    if not counts or not models:
+        return
+    print(f"\n## This tree in 1 vs {', '.join(map(str, counts))} DDP processes, {args.threads} threads shared\n")
+    print("| model | interactions | processes | epoch, peak RSS (sum over processes) | speed-up (1-process epoch / this) |")
+    print("|---|---:|---:|---:|---:|")
+    for model in models:
+        for size in args.sizes:
+            _, one_s = _cell(rows.get(("this", model, size, 1)))
+            for count in [1, *counts]:
+                cell, seconds = _cell(rows.get(("this", model, size, count)))
+                ratio = f"x{one_s / seconds:.2f}" if one_s and seconds else "-"
+                print(f"| {model} | {_size_label(size)} | {count} | {cell} | {ratio} |")
 
 
 if __name__ == "__main__":
