@@ -288,10 +288,12 @@ class Outcome:
 def spawn(args: list[str], pythonpath: Path | None, limits: argparse.Namespace, processes: int = 1) -> Outcome:
     """Run a child (under torchrun in `processes` DDP processes, sharing the threads), polling its
     RSS with its descendants'; kill it past the RSS limit or the timeout."""
-    command = [sys.executable, str(Path(__file__).resolve()), *args]
-    if processes > 1:
-        torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes))
-        command = [*torchrun, *command[1:]]
+    interpreter = [sys.executable]
+    if processes > 1:  # imported here: a previous tree's children run this file without `launch`
+        from grec_dagster.training.launch import torchrun_command
+
+        interpreter = torchrun_command(processes)
+    command = [*interpreter, str(Path(__file__).resolve()), *args]
     threads = str(max(1, limits.threads // processes))
     env = os.environ | {"BENCH_THREADS": threads, "OMP_NUM_THREADS": threads}
     env["OMP_WAIT_POLICY"] = "PASSIVE"  # spinning OpenMP threads made 2-thread steps 30-70x slower under load

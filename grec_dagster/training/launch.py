@@ -70,10 +70,7 @@ def launch(
         (job / TRAIN_FILE).write_bytes(pickle.dumps(train))
         checkpoint_dir = None if context.checkpoint_dir is None else str(context.checkpoint_dir)
         (job / JOB_FILE).write_text(json.dumps({"device": device, "checkpoint_dir": checkpoint_dir}))
-        command = [
-            *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)),
-            *("-m", __name__, str(job)),
-        ]
+        command = [*torchrun_command(processes), "-m", __name__, str(job)]
         env = {"OMP_NUM_THREADS": str(threads)} | dict(os.environ)
         workers = subprocess.Popen(command, env=env, start_new_session=True)
         try:
@@ -89,6 +86,12 @@ def launch(
                 "torchrun printed the failing rank's traceback above"
             )
         return _load_result(job)
+
+
+def torchrun_command(processes: int) -> list[str]:
+    """The start of a command that runs a Python module or script in `processes` processes on this
+    machine under torchrun (append `-m module` or a script path, and their arguments)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
 
 
 def _relay_epochs(workers: subprocess.Popen, path: Path, on_epoch: EpochCallback | None) -> None:
