@@ -446,8 +446,13 @@ def main() -> None:
 def runs(model: str, process_counts: list[int]) -> list[tuple[str, int]]:
     """(tree, processes) to measure `model` with: both trees in one process, then this tree in each
     other process count if the model trains under DDP."""
-    more = sorted({count for count in process_counts if count > 1}) if model in DDP_MODELS else []
+    more = multi_process_counts(process_counts) if model in DDP_MODELS else []
     return [(tree, 1) for tree in TREES] + [("this", count) for count in more]
+
+
+def multi_process_counts(process_counts: list[int]) -> list[int]:
+    """The distinct counts above one process among `--processes`, ascending."""
+    return sorted({count for count in process_counts if count > 1})
 
 
 def _cell(outcome: Outcome | None) -> tuple[str, float | None]:
@@ -478,7 +483,7 @@ def print_table(args: argparse.Namespace, rows: dict[tuple[str, str, int], Outco
 
 def print_process_table(args: argparse.Namespace, rows: dict[tuple[str, str, int, int], Outcome]) -> None:
     """This tree's DDP-capable models in one process beside each other process count (`--processes`)."""
-    counts = sorted({count for count in args.processes if count > 1})
+    counts = multi_process_counts(args.processes)
     models = [model for model in args.models if model in DDP_MODELS]
     if not counts or not models:
         return
