@@ -458,12 +458,12 @@ def multi_process_counts(process_counts: list[int]) -> list[int]:
 def _cell(outcome: Outcome | None) -> tuple[str, float | None]:
     """A table cell (epoch, peak RSS) and the epoch seconds, or why there are none."""
     if outcome is None or outcome.result is None:
-        return ("failed" if outcome is None else f"{outcome.error[:60]}"), None
+        return ("failed" if outcome is None else outcome.error[:60]), None
     r = outcome.result
     return f"{_fmt_s(r['epoch_s'])}{'*' if r['extrapolated'] else ''}, {r['peak_rss_gib']:.2f} GiB", r["epoch_s"]
 
 
-def print_table(args: argparse.Namespace, rows: dict[tuple[str, str, int], Outcome]) -> None:
+def print_table(args: argparse.Namespace, rows: dict[tuple[str, str, int, int], Outcome]) -> None:
     print(f"\n## Epoch time and peak RSS, previous ({args.previous}) vs this tree (load average {load_average()})\n")
     print("| model | interactions | previous: epoch, peak RSS | this: epoch, peak RSS | previous / this |")
     print("|---|---:|---:|---:|---:|")
